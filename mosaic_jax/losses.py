@@ -15,6 +15,7 @@ Registries (`ADVANTAGE_ESTIMATORS`, `KL_ESTIMATORS`, `AGGREGATIONS`) map a
 config string to the function that implements it.
 """
 from collections.abc import Callable
+import functools
 from typing import NamedTuple
 
 import jax
@@ -213,41 +214,125 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 
 
 def chunked_token_logprobs(hidden: Array, unembed: Array, targets: Array, *,
-                           chunk_size: int = 128) -> Array:
+                           chunk_size: int = 128,
+                           vocab_chunk_size: int = 4096) -> Array:
   """`token_logprobs(hidden @ unembed, targets)` without `[B, T, V]` logits.
 
-  Logits are formed in float32 one `[B, chunk_size, V]` chunk at a time under
-  `lax.map`; each chunk is rematerialised in the backward pass
-  (`jax.checkpoint`), so neither pass keeps more than one chunk of logits.
+  The forward pass forms float32 logits one `[B, chunk_size, V]` chunk at a
+  time (`lax.map` over the sequence) and keeps only each token's log-sum-exp.
+  The backward pass (a custom VJP) recomputes them one
+  `[B, chunk_size, vocab_chunk_size]` tile at a time and writes each tile's
+  share of the `[D, V]` unembedding gradient into one float32 buffer in
+  place. Plain autodiff of the chunked forward would instead form a whole
+  `[D, V]` product per chunk before adding it to the running sum, which is as
+  large as `B · T · V / n_chunks` logits or larger whenever `D ≥ B · chunk`.
 
   Args:
     hidden: `[B, T, D]` final hidden states (after the final norm).
     unembed: `[D, V]` unembedding matrix (the lm_head kernel).
     targets: `[B, T]` int token ids.
     chunk_size: tokens per chunk; T is padded up to a multiple of it.
+    vocab_chunk_size: vocabulary entries per backward tile (a last, shorter
+      tile takes the remainder of V).
 
   Returns:
     `[B, T]` float32 log-probabilities.
   """
-  b, t, d = hidden.shape
+  t = hidden.shape[1]
   chunk_size = min(chunk_size, t)
-  n_chunks = -(-t // chunk_size)
-  pad = n_chunks * chunk_size - t
-  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-  targets = jnp.pad(targets, ((0, 0), (0, pad)))
-  # [n_chunks, B, C, ·] so lax.map walks the sequence.
-  hidden = hidden.reshape(b, n_chunks, chunk_size, d).swapaxes(0, 1)
-  targets = targets.reshape(b, n_chunks, chunk_size).swapaxes(0, 1)
+  vocab_chunk_size = min(vocab_chunk_size, unembed.shape[1])
+  return _chunked_logprobs(hidden, unembed, targets, chunk_size,
+                           vocab_chunk_size)
 
-  @jax.checkpoint
-  def one_chunk(args: tuple[Array, Array]) -> Array:
+
+def _to_chunks(x: Array, chunk_size: int) -> Array:
+  """`[B, T, ...]` -> `[n_chunks, B, chunk_size, ...]`, zero-padding T."""
+  b, t = x.shape[:2]
+  n = -(-t // chunk_size)
+  x = jnp.pad(x, ((0, 0), (0, n * chunk_size - t)) + ((0, 0),) * (x.ndim - 2))
+  return x.reshape(b, n, chunk_size, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _from_chunks(x: Array, t: int) -> Array:
+  """Inverse of `_to_chunks`: `[n, B, C, ...]` -> `[B, T, ...]`."""
+  n, b, c = x.shape[:3]
+  return x.swapaxes(0, 1).reshape(b, n * c, *x.shape[3:])[:, :t]
+
+
+def _chunked_logprobs_fwd(hidden, unembed, targets, chunk_size,
+                          vocab_chunk_size):
+  del vocab_chunk_size  # The forward pass uses whole-vocabulary chunks.
+
+  def one_chunk(args):
     h, tgt = args
     logits = jnp.einsum("bcd,dv->bcv", h, unembed,
                         preferred_element_type=jnp.float32)
-    return token_logprobs(logits, tgt)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
+    return picked - lse, lse
 
-  out = jax.lax.map(one_chunk, (hidden, targets))
-  return out.swapaxes(0, 1).reshape(b, n_chunks * chunk_size)[:, :t]
+  logp, lse = jax.lax.map(
+      one_chunk, (_to_chunks(hidden, chunk_size),
+                  _to_chunks(targets, chunk_size)))
+  t = hidden.shape[1]
+  # Residuals: the inputs and one float per token; no logits.
+  return _from_chunks(logp, t), (hidden, unembed, targets, lse)
+
+
+def _chunked_logprobs_bwd(chunk_size, vocab_chunk_size, residuals, g):
+  hidden, unembed, targets, lse = residuals
+  d, v = unembed.shape
+  cdt = hidden.dtype
+  n_full, rest = divmod(v, vocab_chunk_size)
+
+  def tile(h, tgt, lse_c, g_c, dh, dw, start, size):
+    """Adds one [B, C, size] tile's gradient to dh [B, C, D] and dw [D, V]."""
+    w = jax.lax.dynamic_slice_in_dim(unembed, start, size, axis=1)
+    logits = jnp.einsum("bcd,dv->bcv", h, w,
+                        preferred_element_type=jnp.float32)
+    # d logp / d logits = onehot(target) - softmax(logits).
+    onehot = (tgt - start)[..., None] == jnp.arange(size)
+    dlogits = (g_c[..., None] * (onehot - jnp.exp(logits - lse_c[..., None]))
+               ).astype(cdt)
+    dh = dh + jnp.einsum("bcv,dv->bcd", dlogits, w,
+                         preferred_element_type=jnp.float32)
+    dw_tile = jnp.einsum("bcd,bcv->dv", h, dlogits,
+                         preferred_element_type=jnp.float32)
+    dw = jax.lax.dynamic_update_slice_in_dim(
+        dw, jax.lax.dynamic_slice_in_dim(dw, start, size, axis=1) + dw_tile,
+        start, axis=1)
+    return dh, dw
+
+  def one_chunk(dw, args):
+    h, tgt, lse_c, g_c = args
+    carry = (jnp.zeros(h.shape, jnp.float32), dw)
+    carry = jax.lax.fori_loop(
+        0, n_full,
+        lambda j, c: tile(h, tgt, lse_c, g_c, *c, j * vocab_chunk_size,
+                          vocab_chunk_size),
+        carry)
+    if rest:
+      carry = tile(h, tgt, lse_c, g_c, *carry, n_full * vocab_chunk_size, rest)
+    dh, dw = carry
+    return dw, dh
+
+  # Padded tokens carry g = 0, so they add nothing to either gradient.
+  dw, dh = jax.lax.scan(
+      one_chunk, jnp.zeros((d, v), jnp.float32),
+      (_to_chunks(hidden, chunk_size), _to_chunks(targets, chunk_size), lse,
+       _to_chunks(g, chunk_size)))
+  return (_from_chunks(dh, hidden.shape[1]).astype(hidden.dtype),
+          dw.astype(unembed.dtype), None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_logprobs(hidden: Array, unembed: Array, targets: Array,
+                      chunk_size: int, vocab_chunk_size: int) -> Array:
+  return _chunked_logprobs_fwd(hidden, unembed, targets, chunk_size,
+                               vocab_chunk_size)[0]
+
+
+_chunked_logprobs.defvjp(_chunked_logprobs_fwd, _chunked_logprobs_bwd)
 
 
 def sequence_logprobs(logp: Array, mask: Array) -> Array:

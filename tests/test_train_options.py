@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mosaic_jax import losses
 from mosaic_jax.models import init_model, presets
 from mosaic_jax.train import state as state_lib
 from mosaic_jax.train import steps
@@ -94,3 +95,47 @@ def test_donate_decides_whether_the_old_state_survives(donate):
   old_leaves = jax.tree.leaves(state.params)
   assert all(x.is_deleted() for x in old_leaves) == donate
   assert not any(x.is_deleted() for x in jax.tree.leaves(new_state.params))
+
+
+def _logprob_grads(fn, hidden, unembed, weights):
+  loss = lambda h, w: jnp.sum(fn(h, w) * weights)
+  return jax.jit(jax.value_and_grad(loss, (0, 1)))
+
+
+def test_vocab_tiled_logprob_gradients_equal_plain():
+  # V = 37 in tiles of 8 leaves a last tile of 5, T = 13 in chunks of 4 a
+  # padded tail: neither may leak into values or gradients.
+  rng = np.random.default_rng(0)
+  b, t, d, v = 2, 13, 6, 37
+  hidden = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+  unembed = jnp.asarray(rng.normal(size=(d, v)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32)
+  weights = jnp.asarray(rng.normal(size=(b, t)), jnp.float32)
+  plain = lambda h, w: losses.token_logprobs(h @ w, targets)
+  tiled = lambda h, w: losses.chunked_token_logprobs(
+      h, w, targets, chunk_size=4, vocab_chunk_size=8)
+  want, want_grads = _logprob_grads(plain, hidden, unembed, weights)(
+      hidden, unembed)
+  got, got_grads = _logprob_grads(tiled, hidden, unembed, weights)(
+      hidden, unembed)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(tiled)(hidden, unembed),
+                             jax.jit(plain)(hidden, unembed), atol=1e-5)
+  for g, e in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+def test_chunked_logprob_gradient_memory_shrinks_by_the_chunk_count():
+  # XLA's temp buffers of value-and-grad, i.e. the memory beyond the inputs
+  # and their gradients (the [D, V] unembedding gradient is an output).
+  b, t, d, v, chunk = 2, 64, 16, 4096, 8
+  hidden = jax.ShapeDtypeStruct((b, t, d), jnp.float32)
+  unembed = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  targets = jnp.zeros((b, t), jnp.int32)
+  weights = jnp.ones((b, t), jnp.float32)
+  plain = lambda h, w: losses.token_logprobs(h @ w, targets)
+  chunked = lambda h, w: losses.chunked_token_logprobs(
+      h, w, targets, chunk_size=chunk, vocab_chunk_size=1024)
+  temp = lambda fn: _logprob_grads(fn, hidden, unembed, weights).lower(
+      hidden, unembed).compile().memory_analysis().temp_size_in_bytes
+  assert temp(plain) >= (t // chunk) * temp(chunked)
