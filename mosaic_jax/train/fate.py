@@ -1,8 +1,9 @@
 """The FATE loop: MOSAIC's warm start, then self-evolution rounds with PFPO.
 
 `run(config)` (`config.method == "fate"`), every output under
-`config.workdir`, set-up, SFT warm-up, evaluations and report shared with
-`mosaic_jax.train.mosaic` (`mosaic._Run`):
+`config.workdir`, set-up, SFT warm-up, reference policy, `before`
+evaluation and report shared with `mosaic_jax.train.mosaic`
+(`mosaic.warm_start`, `mosaic.Run`):
 
 1. model, tokenizer, datasets; SFT warm-up (`sft.*`) exactly as MOSAIC;
 2. `before`: the warm start on the held-out split;
@@ -31,20 +32,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mosaic_jax import data as data_lib
 from mosaic_jax import distributed, fate as fate_lib
-from mosaic_jax.models import convert
 from mosaic_jax.rollout import ModelPolicy, rollout
-from mosaic_jax.train import metrics as metrics_lib, mosaic
+from mosaic_jax.train import mosaic
 from mosaic_jax.train import state as state_lib, steps as steps_lib
 
 PHASE = "fate"
@@ -58,26 +56,6 @@ def _iterator(config: ml_collections.ConfigDict, batch_size: int, offset: int,
   if saved:
     it.set_state(saved)
   return it
-
-
-def _warm_start(r: Any, state: state_lib.TrainState
-                ) -> tuple[Any, dict[str, Any]]:
-  """The reference (SFT) policy and the `before` evaluation, each read back
-  when a previous run of this workdir wrote it (as `mosaic.run` does)."""
-  reference_dir = r.path(mosaic.REFERENCE_DIR)
-  if os.path.isdir(reference_dir):
-    reference = convert.load_orbax(reference_dir)
-  else:
-    reference = mosaic._copy_model(state.model())
-    convert.save_orbax(reference, reference_dir)
-  if os.path.exists(r.path(mosaic.BEFORE_FILE)):
-    with open(r.path(mosaic.BEFORE_FILE), encoding="utf-8") as f:
-      before = json.load(f)
-  else:
-    before = r.evaluate(reference, "warm_start")
-    r.write_json(mosaic.BEFORE_FILE, before)
-    r.log_eval(r.config.sft.steps, before)
-  return reference, before
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -100,29 +78,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   fcfg = fate_lib.FateConfig.from_config(c.fate)
   per_round = c.fate.sft_steps + c.fate.pg_steps
   total = c.sft.steps + c.fate.rounds * per_round
-  r = mosaic._Run(c)
-  template = state_lib.create_train_state(r.model, r.sft_opt, seed=c.seed,
-                                          mesh=r.mesh)
-  state, extra, resumed = r.ckpt.restore_or_keep(template)
-  r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=total,
-                                       initial_step=int(state.step))
-  print(f"workdir: {r.workdir} ({'resumed' if resumed else 'fresh'}, step "
-        f"{int(state.step)}); {len(r.eval_tasks)} held-out tasks", flush=True)
-  if extra.get("phase", "sft") == "sft":
-    state = r.sft(state, extra)
-    extra = {}
-  reference, before = _warm_start(r, state)
+  ws = mosaic.warm_start(c, total)
+  r, reference, extra = ws.run, ws.reference, ws.extra
   opt = dataclasses.replace(
       state_lib.OptimizerConfig.from_config(c.optimizer),
       total_steps=c.fate.rounds * per_round)
+  state = mosaic.second_phase_state(ws, PHASE, opt)
   if extra.get("phase") != PHASE:
-    state = state_lib.create_train_state(
-        mosaic._copy_model(reference), opt, seed=c.seed + 1, mesh=r.mesh)
-    state = state.replace(step=jax.device_put(
-        jnp.asarray(c.sft.steps, jnp.int32), state.step.sharding))
     extra = {"round": 0}
-  else:
-    state = state.replace(tx=state_lib.make_optimizer(opt))
   buffer = (fate_lib.ReplayBuffer.from_json(extra["buffer"])
             if "buffer" in extra else fate_lib.ReplayBuffer(fcfg.buffer_size))
   mine_it = _iterator(c, c.fate.tasks_per_round, 2, extra.get("data_mine"))
@@ -134,7 +97,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   for round_index in range(extra["round"], c.fate.rounds):
     start = time.perf_counter()
     mine_config = dataclasses.replace(
-        mosaic.rollout_config(c, seed=mosaic._seed(state.rng, step)),
+        mosaic.rollout_config(c, seed=mosaic.step_seed(state.rng, step)),
         group_size=c.fate.mine_group_size)
     result = fate_lib.run_round(
         ModelPolicy(state.model(), r.tokenizer, name="policy"),
@@ -148,17 +111,17 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       batch, n = fate_lib.sft_batch(
           buffer.sample(pad_rows, rng), r.tokenizer, fcfg.conditioning,
           rows=pad_rows, length=c.fate.sft_max_len)
-      state, metrics = sft_step(state, mosaic._global(batch, r.mesh))
+      state, metrics = sft_step(state, mosaic.to_global(batch, r.mesh))
       step += 1
       r.log(step, {**metrics, "examples": n}, "fate_sft/")
     for _ in range(c.fate.pg_steps):
       out = rollout(ModelPolicy(state.model(), r.tokenizer, name="policy"),
                     next(pg_it), r.tokenizer,
-                    mosaic.rollout_config(c, seed=mosaic._seed(state.rng,
-                                                               step)))
+                    mosaic.rollout_config(
+                        c, seed=mosaic.step_seed(state.rng, step)))
       batch, rewards = fate_lib.pg_batch(out, fcfg, ddof=c.rl.adv_ddof,
                                          eps=c.rl.adv_eps)
-      batch = mosaic._global(batch, r.mesh)
+      batch = mosaic.to_global(batch, r.mesh)
       if c.rl.kl_beta:
         batch = steps_lib.reference_logprobs(
             reference, batch, microbatch=c.rl.microbatch,
@@ -172,7 +135,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                         "data_pg": pg_it.get_state(),
                         "buffer": buffer.to_json()}, force=True)
   after = r.evaluate(state.model(), "final")
-  result = {"before": before, "after": after,
+  result = {"before": ws.before, "after": after,
             "eval_tasks": len(r.eval_tasks), "buffer_size": len(buffer),
             "config": json.loads(c.to_json_best_effort())}
   r.write_json(mosaic.REPORT_FILE, result)

@@ -293,20 +293,20 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
 # -------------------------------------------------------------------- loop --
 
 
-def _seed(rng: jax.Array, step: int) -> int:
+def step_seed(rng: jax.Array, step: int) -> int:
   """A per-step sampling seed from the train state's key and the step."""
   key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
   return int(jax.random.bits(key, dtype=jnp.uint32) >> 1)
 
 
-def _global(x: Any, mesh: jax.sharding.Mesh) -> Any:
+def to_global(x: Any, mesh: jax.sharding.Mesh) -> Any:
   """This process's rows as global arrays sharded over the mesh's batch."""
   if jax.process_count() > 1:
     return distributed.host_local_batch_to_global(x, mesh)
   return sharding.shard_batch(jax.tree.map(jnp.asarray, x), mesh)
 
 
-def _copy_model(model: decoder.Decoder) -> decoder.Decoder:
+def copy_model(model: decoder.Decoder) -> decoder.Decoder:
   """A model with its own buffers (train steps donate the state's)."""
   graphdef, params = nnx.split(model)
   return nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
@@ -327,8 +327,10 @@ def _sft_batch(examples: sft_data.SFTExamples, rows: int, length: int,
   return steps_lib.SFTBatch(tokens, loss_mask, attention)
 
 
-class _Run:
-  """State shared by the phases of one `run` (see the module docstring)."""
+class Run:
+  """What the phases of one run share: config, workdir, mesh, tokenizer,
+  model, optimizer settings, checkpointer, held-out tasks and the metrics
+  writer (set by `warm_start`); the SFT phase and the RL phase."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -432,7 +434,7 @@ class _Run:
       # max_len.
       length = (c.sft.max_len if jax.process_count() > 1 else
                 max(examples.tokens.shape[1], c.sft.bucket))
-      batch = _global(_sft_batch(examples, rows, length, pad), self.mesh)
+      batch = to_global(_sft_batch(examples, rows, length, pad), self.mesh)
       state, metrics = step_fn(state, batch)
       # Share of this batch's demonstrations that executed an unsafe action.
       unsafe = float(np.mean(examples.z[:, 0] < 1)) if len(examples.z) else 0.
@@ -464,7 +466,7 @@ class _Run:
       tasks = next(it)
       policy = ModelPolicy(state.model(), self.tokenizer, name="policy")
       out = rollout(policy, tasks, self.tokenizer,
-                    rollout_config(c, seed=_seed(state.rng, step)),
+                    rollout_config(c, seed=step_seed(state.rng, step)),
                     mesh=self.mesh if jax.process_count() > 1 else None)
       rollout_s = time.perf_counter() - start
       rewards, fmt = group_rewards(out, judge, c.rl)
@@ -479,7 +481,7 @@ class _Run:
         # Several processes' trajectories are global (sharded) already.
         fields = sharding.shard_batch(fields, self.mesh)
       batch = steps_lib.PGBatch(
-          **fields, advantages=_global(np.asarray(adv), self.mesh))
+          **fields, advantages=to_global(np.asarray(adv), self.mesh))
       if c.rl.kl_beta:
         batch = steps_lib.reference_logprobs(
             reference, batch, microbatch=c.rl.microbatch,
@@ -504,23 +506,49 @@ class _Run:
     return state, last_eval
 
 
-def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Runs (or resumes) the whole MOSAIC job; returns the report.
+@dataclasses.dataclass
+class WarmStart:
+  """Where the phase after SFT starts (`warm_start`); MOSAIC and FATE share it.
+
+  Attributes:
+    run: the run's shared context (its `writer` open).
+    state: the restored train state when the checkpoint is from the phase
+      after SFT, else the state at the end of SFT.
+    extra: the restored checkpoint's extra dict; empty when SFT ended in this
+      call.
+    reference: the frozen SFT policy (`workdir/reference`).
+    before: the `before` summary of the SFT policy (`workdir/eval_before.json`).
+  """
+  run: Run
+  state: state_lib.TrainState
+  extra: dict[str, Any]
+  reference: decoder.Decoder
+  before: dict[str, Any]
+
+
+def warm_start(config: ml_collections.ConfigDict, total_steps: int
+               ) -> WarmStart:
+  """Set-up, restore, the SFT warm-up, the reference policy and `before`.
+
+  Restores the newest checkpoint of `workdir/checkpoints` (if any) and runs
+  (or finishes) the SFT phase unless the checkpoint is from a later phase.
+  The reference policy and the `before` evaluation are read back when an
+  earlier run of this workdir wrote them, else computed and written.
+  The process group must be initialised already.
 
   Args:
-    config: a `configs/*.py` config (see `configs/base.py`).
+    config: the run's config.
+    total_steps: the last global step of the whole run (progress bar).
 
   Returns:
-    `{"before": summary, "after": summary, "config": ...}` as written to
-    `workdir/report.json` (see `summarize`).
+    The `WarmStart` the second phase continues from.
   """
-  distributed.initialize_from_config(config.distributed)
-  r = _Run(config)
+  r = Run(config)
   template = state_lib.create_train_state(r.model, r.sft_opt,
                                           seed=config.seed, mesh=r.mesh)
   state, extra, resumed = r.ckpt.restore_or_keep(template)
   step = int(state.step)
-  r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=r.total,
+  r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=total_steps,
                                        initial_step=step)
   if r.main:
     print(f"workdir: {r.workdir} ({'resumed at step ' + str(step) if resumed else 'fresh'}); "
@@ -532,7 +560,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if os.path.isdir(reference_dir):
     reference = convert.load_orbax(reference_dir, mesh=r.mesh)
   else:
-    reference = _copy_model(state.model())
+    reference = copy_model(state.model())
     convert.save_orbax(reference, reference_dir)
   if os.path.exists(r.path(BEFORE_FILE)):
     with open(r.path(BEFORE_FILE), encoding="utf-8") as f:
@@ -541,20 +569,49 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     before = r.evaluate(reference, "warm_start")
     r.write_json(BEFORE_FILE, before)
     r.log_eval(config.sft.steps, before)
-  if extra.get("phase") != "rl":
-    # RL starts from the SFT params with a fresh optimizer; steps continue.
-    state = state_lib.create_train_state(
-        _copy_model(reference), r.rl_opt, seed=config.seed + 1, mesh=r.mesh)
-    # Placed like the fresh step counter: a differently placed input would
-    # make the jitted step compile a second time.
-    state = state.replace(step=jax.device_put(
-        jnp.asarray(config.sft.steps, jnp.int32), state.step.sharding))
-  else:
-    state = state.replace(tx=state_lib.make_optimizer(r.rl_opt))
-  state, after = r.rl(state, reference, extra)
+  return WarmStart(r, state, extra, reference, before)
+
+
+def second_phase_state(ws: WarmStart, phase: str,
+                       opt: state_lib.OptimizerConfig
+                       ) -> state_lib.TrainState:
+  """The train state the phase after SFT (`phase`) starts or resumes with.
+
+  Starting: the SFT params (copied from the reference), a fresh `opt`
+  optimizer and key (seed + 1); the step counter continues from `sft.steps`.
+  Resuming (the restored checkpoint is from `phase`): the restored state with
+  `opt`'s update rule.
+  """
+  config = ws.run.config
+  if ws.extra.get("phase") == phase:
+    return ws.state.replace(tx=state_lib.make_optimizer(opt))
+  state = state_lib.create_train_state(
+      copy_model(ws.reference), opt, seed=config.seed + 1, mesh=ws.run.mesh)
+  # Placed like the fresh step counter: a differently placed input would
+  # make the jitted step compile a second time.
+  return state.replace(step=jax.device_put(
+      jnp.asarray(config.sft.steps, jnp.int32), state.step.sharding))
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Runs (or resumes) the whole MOSAIC job; returns the report.
+
+  Args:
+    config: a `configs/*.py` config (see `configs/base.py`).
+
+  Returns:
+    `{"before": summary, "after": summary, "config": ...}` as written to
+    `workdir/report.json` (see `summarize`).
+  """
+  distributed.initialize_from_config(config.distributed)
+  ws = warm_start(config, config.sft.steps + config.rl.steps)
+  r = ws.run
+  # RL starts from the SFT params with a fresh optimizer; steps continue.
+  state = second_phase_state(ws, "rl", r.rl_opt)
+  state, after = r.rl(state, ws.reference, ws.extra)
   if after is None:
     after = r.evaluate(state.model(), "final")
-  result = {"before": before, "after": after,
+  result = {"before": ws.before, "after": after,
             "eval_tasks": len(r.eval_tasks),
             "config": json.loads(config.to_json_best_effort())}
   r.write_json(REPORT_FILE, result)
