@@ -4,6 +4,8 @@ Sizes from each checkpoint's config.json (shared/REFERENCE.md). The real
 presets describe the architecture only; weights always come from
 `from_pretrained(path)`, whose config.json is the ground truth.
 """
+import pathlib
+
 from mosaic_jax.models.config import ModelConfig, RopeConfig
 
 QWEN25_7B = ModelConfig(
@@ -31,6 +33,10 @@ TINY = ModelConfig(
     num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
     rope=RopeConfig(theta=1e4), qk_norm=True, tie_embeddings=True, norm_eps=1e-6,
     max_position_embeddings=4096)
+
+# The tiny base checkpoint (HF safetensors + tokenizer) that configs/tiny.py
+# starts from, built by experiments/build_tiny_base.py (configs/tiny_base.py).
+TINY_BASE_DIR = pathlib.Path(__file__).parent.parent / "assets" / "tiny_base"
 
 PRESETS = {"qwen25_7b": QWEN25_7B, "qwen3_4b_thinking": QWEN3_4B_THINKING,
            "phi4": PHI4, "tiny": TINY}
