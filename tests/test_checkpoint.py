@@ -86,6 +86,24 @@ def test_restore_or_keep_without_checkpoint(tmp_path, fresh):
   ckpt.close()
 
 
+def test_extra_alone_and_params_check(tmp_path, fresh):
+  ckpt = checkpoint.Checkpointer(tmp_path, every=1)
+  ckpt.check_params(fresh.params, "unused")  # no step yet: nothing to check
+  ckpt.save(_perturbed(fresh, 3, seed=3), {"round": 2})
+  assert ckpt.extra() == ckpt.extra(3) == {"round": 2}
+  ckpt.check_params(fresh.params, "unused")
+  wider = state_lib.create_train_state(
+      init_model(CFG.replace(hidden_size=96), seed=0), OPT, seed=0)
+  with pytest.raises(checkpoint.IncompatibleCheckpoint,
+                     match=r"/3 is a checkpoint of another model: parameter "
+                     r"'\S+' is \(\d+, 64\) there but \(\d+, 96\) with this "
+                     r"config \(model.preset='x'\)"):
+    ckpt.check_params(wider.params, "model.preset='x'")
+  with pytest.raises(FileNotFoundError):
+    ckpt.extra(4)
+  ckpt.close()
+
+
 def test_metrics_writer(tmp_path):
   writer = metrics.MetricsWriter(tmp_path, total_steps=3, enabled=True,
                                  progress=False)

@@ -8,8 +8,12 @@ Layout under `directory` (one orbax step directory per saved step):
                   buffer, ...), written by process 0 only
 
 Orbax writes each step into a temporary directory and renames it when every
-item is complete, so a crash never leaves a step that restores half-written;
-`keep` bounds how many steps stay on disk (oldest deleted first).
+item is complete, so a crash never leaves a step that restores half-written
+(a leftover `<step>.orbax-checkpoint-tmp` directory is not a step, and the
+next save of that step replaces it); `keep` bounds how many steps stay on
+disk (oldest deleted first). `save` refuses params or optimizer state that
+are not finite, and `check_params` tells a checkpoint of another model apart
+before anything is restored.
 """
 from __future__ import annotations
 
@@ -19,13 +23,41 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 
+from mosaic_jax.train import faults, steps as steps_lib
 from mosaic_jax.train.state import TrainState
+
+# Directory-name suffix of a step orbax has not committed yet.
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class IncompatibleCheckpoint(ValueError):
+  """The directory holds a checkpoint of another model."""
+
+
+class UnreadableCheckpoint(ValueError):
+  """A committed step's files are damaged (truncated, overwritten)."""
 
 
 def _saved(state: TrainState) -> dict[str, Any]:
   # The pytree part of the state; graphdef and tx are rebuilt from code.
   return {"params": state.params, "opt_state": state.opt_state,
           "step": state.step, "rng": state.rng}
+
+
+_all_finite = jax.jit(steps_lib.all_finite)
+
+
+def _name(path: tuple[Any, ...]) -> str:
+  """`blocks/w_up` for a pytree key path (nnx's trailing `value` dropped),
+  the same for a state and for orbax's metadata of it."""
+  parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+           for k in path]
+  return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {_name(path): tuple(leaf.shape) for path, leaf in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 class Checkpointer:
@@ -68,14 +100,24 @@ class Checkpointer:
 
     Returns:
       Whether a checkpoint was written.
+
+    Raises:
+      ValueError: params or optimizer state hold NaN or inf (the train steps
+        never produce them; nothing is written).
     """
     step = int(jax.device_get(state.step))
     if not force and step % self.every:
       return False
+    if not bool(_all_finite((state.params, state.opt_state))):
+      raise ValueError(f"step {step}: refusing to checkpoint non-finite "
+                       f"params or optimizer state into {self.directory}")
     saved = self._manager.save(
         step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_saved(state)),
             extra=ocp.args.JsonSave(dict(extra or {}))), force=force)
+    # Orbax writes in the background from here until the rename commits it.
+    faults.fault_point("checkpoint-write", step, ready=faults.partial_files(
+        os.path.join(self.directory, f"{step}{TMP_SUFFIX}*")))
     self._manager.wait_until_finished()
     return saved
 
@@ -84,6 +126,51 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  def extra(self, step: int | None = None) -> dict[str, Any]:
+    """The JSON extra dict of a step (default: the latest), without the
+    arrays.
+
+    Raises:
+      FileNotFoundError: no checkpoint exists (or not that step).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self._manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint step {step} in {self.directory}")
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        extra=ocp.args.JsonRestore()))
+    return dict(out["extra"] or {})
+
+  def check_params(self, params: Any, describe: str) -> None:
+    """Fails unless the newest step holds params shaped like `params`.
+
+    Reads only the step's metadata, so a checkpoint of another model is
+    reported before anything is built or restored. No step: nothing to check.
+
+    Args:
+      params: the config's model params (arrays or ShapeDtypeStructs, e.g.
+        `nnx.state(decoder.abstract_model(cfg), nnx.Param)`).
+      describe: the config fields that chose the model, for the message.
+
+    Raises:
+      IncompatibleCheckpoint: names the first differing parameter and the
+        fix.
+    """
+    step = self.latest_step()
+    if step is None:
+      return
+    saved = _shapes(self._manager.item_metadata(step)["state"]["params"])
+    want = _shapes(params)
+    where = os.path.join(self.directory, str(step))
+    for name in sorted(set(saved) | set(want)):
+      if saved.get(name) != want.get(name):
+        there = saved.get(name, "absent")
+        here = want.get(name, "absent")
+        raise IncompatibleCheckpoint(
+            f"{where} is a checkpoint of another model: parameter {name!r} "
+            f"is {there} there but {here} with this config ({describe}). "
+            "Resume it with the model config that wrote it, or set "
+            "--config.workdir to a new directory for this model")
 
   def restore(self, template: TrainState, step: int | None = None
               ) -> tuple[TrainState, dict[str, Any]]:
@@ -99,14 +186,27 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no checkpoint exists (or not that step).
+      UnreadableCheckpoint: the step's files are damaged; the message names
+        the step directory and the step to fall back to.
     """
     step = self.latest_step() if step is None else step
     if step is None or step not in self._manager.all_steps():
       raise FileNotFoundError(f"no checkpoint step {step} in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved(template))
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        extra=ocp.args.JsonRestore()))
+    try:
+      out = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          extra=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and tensorstore raise many types for a damaged file; one clear
+      # message names the step and the way out.
+      older = [s for s in self.all_steps() if s < step]
+      fallback = (f"delete it to resume from step {older[-1]}" if older else
+                  "delete it to start this run again")
+      raise UnreadableCheckpoint(
+          f"{os.path.join(self.directory, str(step))} is unreadable "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+          f"{fallback}") from e
     restored = out["state"]
     state = template.replace(params=restored["params"],
                              opt_state=restored["opt_state"],

@@ -14,9 +14,10 @@ and a dict of scalar metrics. Shared machinery:
   `SumCount`); the step divides the summed gradient by the summed count once,
   so any split gives the full-batch gradient exactly (up to float summation
   order), for every aggregation mode.
-* Non-finite guard: if the loss or the gradient norm is not finite, the
-  update is skipped (params and optimizer state are kept, bit for bit) and
-  `metrics["skipped"]` is 1. The step counter still advances.
+* Non-finite guard: if the loss, the gradient norm or the updated params or
+  optimizer state are not finite, the update is skipped (params and
+  optimizer state are kept, bit for bit) and `metrics["skipped"]` is 1. The
+  step counter still advances.
 * The state argument is donated (`donate`, on by default): its buffers are
   reused for the new state, so params and optimizer state exist once in
   memory, not twice.
@@ -233,6 +234,13 @@ def _accumulate(loss_fn: MicroLoss, params: nnx.State, batch: Any,
   return total, count, grads, aux
 
 
+def all_finite(tree: Any) -> Array:
+  """Whether every floating-point leaf of `tree` is finite: `[]` bool."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def _apply_update(state: TrainState, total: Array, count: Array,
                   grads: nnx.State) -> tuple[TrainState, Metrics]:
   """One optimizer update with the exact-mean gradient, or none if non-finite."""
@@ -241,6 +249,7 @@ def _apply_update(state: TrainState, total: Array, count: Array,
   grads = jax.tree.map(lambda g: g / denom, grads)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  old = (state.params, state.opt_state)
 
   def update(_):
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -249,17 +258,23 @@ def _apply_update(state: TrainState, total: Array, count: Array,
     # promoted; both cond branches (and the next step's jit key) need the
     # stored dtypes.
     keep = lambda new, old: new.astype(old.dtype)
-    return (jax.tree.map(keep, params, state.params),
-            jax.tree.map(keep, opt_state, state.opt_state))
+    new = (jax.tree.map(keep, params, state.params),
+           jax.tree.map(keep, opt_state, state.opt_state))
+    # A finite gradient can still give a non-finite result (an overflowing
+    # learning rate or moment); it is dropped like a non-finite gradient, so
+    # params are never written with NaN or inf.
+    applied = all_finite(new)
+    return jax.lax.cond(applied, lambda: (*new, applied),
+                        lambda: (*old, applied))
 
   # lax.cond, not jnp.where: the skipped branch returns the old buffers
   # untouched and the NaN gradient never reaches the optimizer moments.
-  params, opt_state = jax.lax.cond(
-      finite, update, lambda _: (state.params, state.opt_state), None)
+  params, opt_state, applied = jax.lax.cond(
+      finite, update, lambda _: (*old, jnp.asarray(False)), None)
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
   return new_state, {"loss": loss, "grad_norm": grad_norm,
-                     "skipped": 1.0 - finite.astype(jnp.float32)}
+                     "skipped": 1.0 - applied.astype(jnp.float32)}
 
 
 # ----------------------------------------------------------------------------
