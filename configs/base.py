@@ -7,6 +7,10 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   c.seed = 0
   # Every output of a run (checkpoints, metrics, reports) goes under workdir.
   c.workdir = ""
+  # A non-finite loss, gradient or update is skipped (params kept) and
+  # reported with its step and tasks; this many in a row stop the run
+  # (0: never). mosaic_jax/train/faults.py.
+  c.max_nonfinite_steps = 5
   c.model = ml_collections.ConfigDict(dict(
       preset=preset,       # mosaic_jax.models.presets name (architecture)
       path="",             # HF safetensors directory; empty: random init of preset

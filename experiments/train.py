@@ -9,17 +9,36 @@ r"""MOSAIC training: SFT warm-up, held-out evaluation, pairwise-reward RL.
 Every output (checkpoints, metrics.jsonl, TensorBoard events, report.json)
 goes under --config.workdir; running the same command again resumes from the
 newest checkpoint. The flow is described in mosaic_jax/train/mosaic.py.
+
+Exit status: 0 done; 2 the config, tokenizer, data or workdir cannot run
+(checked before any compute; the message names the field and the fix) or
+the newest checkpoint is damaged (the message names it);
+143 preempted by SIGTERM after checkpointing (rerun to resume); 1 stopped
+after `max_nonfinite_steps` non-finite updates in a row, or any other error.
 """
 import json
+import sys
 
 from absl import app
+import ml_collections
 from ml_collections import config_flags
 
+from configs import base, fate_settings
 from mosaic_jax import distributed
-from mosaic_jax.train import fate, mosaic
+from mosaic_jax.train import checkpoint, faults, fate, mosaic, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
                                           "experiment config file")
+
+
+def reference_config(config: ml_collections.ConfigDict
+                     ) -> ml_collections.ConfigDict:
+  """Every field a training config may have, at values of its type:
+  configs/base.py's, plus the `fate` section when the config has one."""
+  reference = base.base_config(config.model.preset)
+  if "fate" in config or "method" in config:
+    fate_settings.add_fate(reference)
+  return reference
 
 
 def main(argv):
@@ -27,11 +46,24 @@ def main(argv):
   config = _CONFIG.value
   if not config.workdir:
     raise app.UsageError("set --config.workdir (every output goes there)")
-  # mosaic.run initialises the process group first, then prints the workdir.
   # config.method "fate" (configs/fate_tiny.py) runs the FATE loop
   # (mosaic_jax/train/fate.py), which writes the same report.json.
   run = fate.run if config.get("method", "mosaic") == "fate" else mosaic.run
-  report = run(config)
+  try:
+    # Structure first (pure Python); run() initialises the process group,
+    # then checks values, tokenizer, checkpoint and data before any compute.
+    validate.check_structure(config, reference_config(config))
+    report = run(config)
+  except (validate.ConfigError, checkpoint.IncompatibleCheckpoint,
+          checkpoint.UnreadableCheckpoint) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except faults.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(faults.PREEMPTED_EXIT)
+  except faults.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
   if distributed.is_main_process():
     table = {k: {m: report[k][m] for m in mosaic.REPORT_METRICS}
              for k in ("before", "after")}

@@ -1,16 +1,18 @@
-"""The MOSAIC loop end to end on a minuscule model: outputs, restore, resume.
+"""The MOSAIC and FATE loops end to end on a minuscule model: outputs,
+restore, crashes and preemption at chosen points, resume.
 
 The model is 2 layers of width 32 over the tiny tokenizer, saved as an orbax
 model directory so the configs load it through `model.path`; episodes are one
 16-token turn, so a run is dominated by compiles. The CLI runs share a
-persistent compilation cache.
+persistent compilation cache; faults are injected with `MOSAIC_FAULT`
+(`mosaic_jax/train/faults.py`), so every kill lands at a known point.
 """
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,10 +23,14 @@ from mosaic_jax import rollout as rollout_lib
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks
 from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
-from mosaic_jax.train import checkpoint, mosaic
+from mosaic_jax.train import checkpoint, faults, mosaic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SFT_STEPS, RL_STEPS = 2, 3
+SFT_STEPS, RL_STEPS, EVERY = 2, 3, 2
+TOTAL = SFT_STEPS + RL_STEPS
+# Checkpointed steps: the interval and the last step of each phase.
+SAVED = sorted({s for s in range(1, TOTAL + 1) if s % EVERY == 0}
+               | {SFT_STEPS, TOTAL})
 
 MINUSCULE = ModelConfig(
     family="qwen3", vocab_size=2048, hidden_size=32, intermediate_size=64,
@@ -42,8 +48,14 @@ def _overrides(model_dir: str, data_dir: str, workdir: str) -> dict:
       "rl.microbatch": 0, "rollout.max_turns": 1,
       "rollout.max_tokens_per_turn": 16, "rollout.max_total_length": 512,
       "eval.max_tasks": 4, "eval.batch": 4, "eval.every": RL_STEPS,
-      "checkpoint.every": 1, "checkpoint.keep": 10,
+      "checkpoint.every": EVERY, "checkpoint.keep": 10,
   }
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """A persistent compilation cache the module's CLI runs share."""
+  return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +80,31 @@ def _config(model_dir, data_dir, workdir):
 
 
 def _metrics(workdir: str) -> dict[tuple[int, str], float]:
-  """(step, name) -> value of every non-timing metric; a step logged again
-  after a resume keeps its last value."""
+  """(step, name) -> value of every metric but wall times and memory; a step
+  logged again after a resume keeps its last value."""
   out = {}
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     for line in f:
       record = json.loads(line)
       step = record.pop("step")
       for name, value in record.items():
-        if not name.startswith(mosaic.TIME_PREFIX):
+        if not name.startswith((mosaic.TIME_PREFIX, mosaic.HOST_PREFIX)):
           out[step, name] = value
   return out
+
+
+def _assert_same_metrics(resumed: str, straight: str) -> None:
+  expected, got = _metrics(straight), _metrics(resumed)
+  assert got.keys() == expected.keys()
+  for key in sorted(expected):
+    np.testing.assert_equal(got[key], expected[key], err_msg=str(key))
+
+
+def _report_after(workdir: str) -> dict:
+  with open(os.path.join(workdir, mosaic.REPORT_FILE), encoding="utf-8") as f:
+    after = json.load(f)["after"]
+  after.pop("wall_s")
+  return after
 
 
 def test_stratified_subset_keeps_kind_shares():
@@ -157,8 +183,24 @@ def test_rewards_format_bonus_and_length_penalty():
     mosaic.group_rewards(out, judge_lib.VerifierJudge(), rl)
 
 
+def _plant_crash_leftovers(workdir: str) -> None:
+  """What a run killed while writing leaves behind: a half-written
+  checkpoint step, reference policy and evaluation file."""
+  partial = os.path.join(workdir, "checkpoints",
+                         f"{SFT_STEPS}{checkpoint.TMP_SUFFIX}", "state")
+  os.makedirs(partial)
+  with open(os.path.join(partial, "_METADATA"), "w", encoding="utf-8") as f:
+    f.write('{"tree_metadata": {"params"')
+  os.makedirs(os.path.join(workdir, mosaic.REFERENCE_DIR + ".tmp", "params"))
+  with open(os.path.join(workdir, mosaic.BEFORE_FILE + ".tmp"), "w",
+            encoding="utf-8") as f:
+    f.write('{"harmful_compliance": 0.')
+
+
 def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
-  config = _config(*assets, str(tmp_path / "run"))
+  workdir = str(tmp_path / "run")
+  _plant_crash_leftovers(workdir)
+  config = _config(*assets, workdir)
   report = mosaic.run(config)
   with open(tmp_path / "run" / mosaic.REPORT_FILE, encoding="utf-8") as f:
     written = json.load(f)
@@ -171,16 +213,22 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   assert all(written["before"][k] is not None for k in mosaic.REPORT_METRICS)
   assert written["after"] == report["after"]
 
-  logged = _metrics(str(tmp_path / "run"))
-  total = SFT_STEPS + RL_STEPS
+  logged = _metrics(workdir)
   assert {s for s, n in logged if n == "sft/loss"} == {1, 2}
   assert {s for s, n in logged if n == "rl/loss"} == {3, 4, 5}
-  assert {s for s, n in logged if n == "eval/utility"} == {SFT_STEPS, total}
+  assert {s for s, n in logged if n == "eval/utility"} == {SFT_STEPS, TOTAL}
+  assert not any(logged[s, "sft/skipped"] for s in (1, 2))
   assert os.path.isdir(tmp_path / "run" / "tensorboard")
-
+  # The leftovers were replaced, never read: the run's own step SFT_STEPS
+  # restores, the reference loads.
+  assert sorted(os.listdir(tmp_path / "run")) == [
+      "checkpoints", mosaic.BEFORE_FILE, "metrics.jsonl",
+      mosaic.REFERENCE_DIR, mosaic.REPORT_FILE, "tensorboard"]
   ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
-  assert ckpt.all_steps() == list(range(1, total + 1))
+  assert sorted(os.listdir(ckpt.directory)) == [str(s) for s in SAVED]
+  assert ckpt.all_steps() == SAVED
   ckpt.close()
+  convert.load_orbax(str(tmp_path / "run" / mosaic.REFERENCE_DIR))
   # Running the finished job again restores the last checkpoint, trains no
   # further, and the restored policy evaluates exactly as before.
   again = mosaic.run(config)
@@ -190,7 +238,32 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   assert again["before"] == report["before"]
   steps_logged = [json.loads(line)["step"] for line in open(
       tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
-  assert max(steps_logged) == total
+  assert max(steps_logged) == TOTAL
+
+
+def test_loop_stops_after_non_finite_updates_in_a_row(assets, tmp_path,
+                                                      capsys):
+  # An infinite learning rate turns every SFT update non-finite.
+  config = _config(*assets, str(tmp_path / "run"))
+  config.sft.update(lr=float("inf"), steps=4)
+  config.checkpoint.every = 1
+  config.max_nonfinite_steps = 2
+  with pytest.raises(faults.NonFiniteError,
+                     match="sft step 2: 2 non-finite updates in a row"):
+    mosaic.run(config)
+  path = tmp_path / "run" / faults.NONFINITE_FILE
+  records = [json.loads(line) for line in open(path, encoding="utf-8")]
+  assert [(r["step"], r["phase"], r["in_a_row"]) for r in records] == [
+      (1, "sft", 1), (2, "sft", 2)]
+  assert all(len(r["task_ids"]) == 2 for r in records)
+  assert "sft step 1: non-finite update skipped" in capsys.readouterr().err
+  logged = _metrics(str(tmp_path / "run"))
+  assert logged[1, "sft/skipped"] == logged[2, "sft/skipped"] == 1.0
+  # Step 1 was checkpointed with the initial (finite) params; the step that
+  # stopped the run was not.
+  ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
 
 
 def _command(model_dir, data_dir, workdir):
@@ -200,56 +273,183 @@ def _command(model_dir, data_dir, workdir):
           "--config=configs/tiny.py", *flags]
 
 
-def _env(cache_dir):
+def _env(cache_dir, fault=None):
   env = dict(os.environ)
   # One CPU device (conftest simulates eight for the in-process tests) and a
-  # compilation cache the three runs share.
+  # compilation cache the runs share.
   env.pop("XLA_FLAGS", None)
+  env.pop(faults.FAULT_ENV, None)
   env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
              PYTHONPATH=ROOT)
+  if fault:
+    env[faults.FAULT_ENV] = fault
   return env
 
 
-def test_kill_and_resume_matches_uninterrupted_run(assets, tmp_path):
-  env = _env(str(tmp_path / "jax_cache"))
-  straight = str(tmp_path / "straight")
-  subprocess.run(_command(*assets, straight), cwd=ROOT, env=env, check=True,
-                 capture_output=True, timeout=600)
+def _run(command, cache_dir, fault=None):
+  return subprocess.run(command, cwd=ROOT, env=_env(cache_dir, fault),
+                        capture_output=True, text=True, timeout=600)
 
-  killed = str(tmp_path / "killed")
-  command = _command(*assets, killed)
-  proc = subprocess.Popen(command, cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  # Kill as soon as the first RL checkpoint is complete (orbax renames a step
-  # directory into place only when it is fully written).
-  first_rl = os.path.join(killed, "checkpoints", str(SFT_STEPS + 1))
-  deadline = time.monotonic() + 600
-  while not os.path.isdir(first_rl):
-    assert proc.poll() is None, "the run ended before it could be killed"
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  ckpt = checkpoint.Checkpointer(os.path.join(killed, "checkpoints"))
-  at_kill = ckpt.latest_step()
+
+def _fault_plan(seed):
+  """Faults at random points of the 5-step run, in run order: SIGKILL during
+  a rollout, during an update and during a checkpoint write, and one SIGTERM,
+  each at its own step (a kill at a step the run later resumes before is
+  reached again, so every fault fires)."""
+  rng = random.Random(seed)
+  write = rng.choice(SAVED)
+  rollout_step, update_step, term_step = rng.sample(
+      [s for s in range(1, TOTAL + 1) if s != write], 3)
+  plan = [("kill", "checkpoint-write", write),
+          ("kill", "rollout", rollout_step), ("kill", "update", update_step),
+          ("term", rng.choice(["rollout", "update"]), term_step)]
+  return sorted(plan, key=lambda f: f[2])
+
+
+def _latest(workdir):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step()
   ckpt.close()
-  assert SFT_STEPS < at_kill < SFT_STEPS + RL_STEPS
-  assert not os.path.exists(os.path.join(killed, mosaic.REPORT_FILE))
+  return step
 
-  subprocess.run(command, cwd=ROOT, env=env, check=True,
-                 capture_output=True, timeout=600)
-  expected, resumed = _metrics(straight), _metrics(killed)
-  assert resumed.keys() == expected.keys()
-  after_kill = {k for k in expected if k[0] > at_kill}
-  assert after_kill and any(name == "rl/loss" for _, name in after_kill)
-  for key in sorted(expected):
-    np.testing.assert_equal(resumed[key], expected[key], err_msg=str(key))
-  with open(os.path.join(straight, mosaic.REPORT_FILE), encoding="utf-8") as f:
-    report_straight = json.load(f)
-  with open(os.path.join(killed, mosaic.REPORT_FILE), encoding="utf-8") as f:
-    report_killed = json.load(f)
-  report_killed["after"].pop("wall_s")
-  report_straight["after"].pop("wall_s")
-  assert report_killed["after"] == report_straight["after"]
+
+def test_faults_at_random_points_resume_to_the_uninterrupted_run(
+    assets, cache_dir, tmp_path):
+  straight = str(tmp_path / "straight")
+  done = _run(_command(*assets, straight), cache_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  workdir = str(tmp_path / "faulty")
+  command = _command(*assets, workdir)
+  plan = _fault_plan(seed=0)
+  assert {point for _, point, _ in plan} == {"rollout", "update",
+                                             "checkpoint-write"}
+  committed = set(SAVED)
+  for sig, point, step in plan:
+    out = _run(command, cache_dir, fault=f"{sig}@{point}:{step}")
+    label = (sig, point, step)
+    after = _latest(workdir)
+    if sig == "kill":
+      # Died at once; the newest checkpoint is the last one committed
+      # before the fault, never the step it was writing.
+      assert out.returncode == -signal.SIGKILL, (label, out.stderr[-3000:])
+      assert after == max([s for s in committed if s < step],
+                          default=None), label
+      if point == "checkpoint-write":
+        # Killed mid-write: part of the step is on disk, uncommitted.
+        tmp = os.path.join(workdir, "checkpoints",
+                           f"{step}{checkpoint.TMP_SUFFIX}")
+        assert os.listdir(tmp), label
+    else:
+      # SIGTERM: the step finishes, is checkpointed off the interval, and
+      # the process exits with a message, no traceback.
+      assert out.returncode == faults.PREEMPTED_EXIT, (label,
+                                                       out.stderr[-3000:])
+      assert after == step, label
+      assert f"preempted (SIGTERM): stopped after step {step}" in out.stderr
+      assert "Traceback" not in out.stderr
+      committed.add(step)
+    assert not os.path.exists(os.path.join(workdir, mosaic.REPORT_FILE))
+  done = _run(command, cache_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  # Data order, PRNG keys and params came back at every resume: each step's
+  # metrics, the evaluations and the report equal the uninterrupted run's.
+  _assert_same_metrics(workdir, straight)
+  assert _report_after(workdir) == _report_after(straight)
+
+
+# The FATE CLI with repairs by the scripted expert, a stand-in for a policy
+# competent enough to repair its failures (the minuscule model never writes a
+# valid turn, so its own repairs would leave the replay buffer empty). The
+# expert's episodes get room for their turns; the model's keep the tiny
+# limits.
+FATE_DRIVER = """
+import dataclasses
+from absl import app
+from mosaic_jax import fate, rollout
+from mosaic_jax.envs import scripted
+from experiments import train
+
+_round, _rollout = fate.run_round, fate.rollout
+
+def run_round(policy, task_list, tokenizer, *args, **kwargs):
+  expert = rollout.ScriptedPolicy(scripted.POLICIES["expert"](), tokenizer)
+  def repair_rollout(policy, tasks, tok, config, **kw):
+    if policy is expert:
+      config = dataclasses.replace(config, max_turns=8,
+                                   max_tokens_per_turn=256)
+    return _rollout(policy, tasks, tok, config, **kw)
+  fate.rollout = repair_rollout
+  return _round(policy, task_list, tokenizer, *args, repair_policy=expert,
+                **kwargs)
+
+fate.run_round = run_round
+app.run(train.main)
+"""
+# Steps: SFT 1-2; round 1: PFPO SFT 3, PG 4 (checkpoint); round 2: 5, 6.
+ROUND_1_END, ROUND_2_END = SFT_STEPS + 2, SFT_STEPS + 4
+
+
+def _fate_command(model_dir, data_dir, workdir):
+  overrides = _overrides(model_dir, data_dir, workdir)
+  del overrides["rl.steps"], overrides["eval.every"]
+  overrides.update({
+      "fate.rounds": 2, "fate.tasks_per_round": 2, "fate.num_candidates": 2,
+      "fate.sft_steps": 1, "fate.sft_batch": 2, "fate.pg_steps": 1,
+      "fate.transcript_tokens": 128, "fate.prompt_extra_tokens": 1536,
+      "fate.sft_max_len": 2048})
+  return [sys.executable, "-c", FATE_DRIVER, "--config=configs/fate_tiny.py",
+          *[f"--config.{k}={v}" for k, v in overrides.items()]]
+
+
+def _extra(workdir, step):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  extra = ckpt.extra(step)
+  ckpt.close()
+  return extra
+
+
+def _records(workdir):
+  """metrics.jsonl as (step, name, value) in write order, without wall
+  times and memory."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [(r["step"], k, v) for r in map(json.loads, f) for k, v in r.items()
+            if k != "step" and not k.startswith((mosaic.TIME_PREFIX,
+                                                  mosaic.HOST_PREFIX))]
+
+
+def test_fate_killed_in_a_round_replays_it_from_the_restored_buffer(
+    assets, cache_dir, tmp_path):
+  # Killed in round 2 after its mining and its PFPO SFT step (trained on
+  # entries drawn from the buffer round 1 filled) were logged: up to there
+  # the killed run is an uninterrupted run, the reference for the replay.
+  workdir = str(tmp_path / "fate")
+  command = _fate_command(*assets, workdir)
+  out = _run(command, cache_dir, fault=f"kill@update:{ROUND_2_END}")
+  assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+  assert _latest(workdir) == ROUND_1_END
+  first_round = _extra(workdir, ROUND_1_END)
+  assert first_round["round"] == 1 and first_round["buffer"]["entries"]
+  uninterrupted = _records(workdir)
+  round_2 = [r for r in uninterrupted if r[0] >= ROUND_1_END
+             and r[1].startswith(("fate/", "fate_sft/"))]
+  assert {name for _, name, _ in round_2} >= {"fate/buffer_size",
+                                              "fate_sft/loss"}
+
+  done = _run(command, cache_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  # The resumed run restarts round 2 from the round-1 checkpoint: buffer,
+  # both task iterators, params and key restored, so it mines the same
+  # failures, keeps the same repairs and samples the same SFT batch.
+  replayed = _records(workdir)[len(uninterrupted):]
+  assert [r for r in replayed if r[0] <= ROUND_1_END + 1
+          and r[1].startswith(("fate/", "fate_sft/"))] == round_2
+  assert any(name == "fate_pg/loss" and step == ROUND_2_END
+             for step, name, _ in replayed)
+  final = _extra(workdir, ROUND_2_END)
+  assert final["round"] == 2
+  assert len(final["buffer"]["entries"]) > len(first_round["buffer"]["entries"])
+  with open(os.path.join(workdir, mosaic.REPORT_FILE), encoding="utf-8") as f:
+    assert json.load(f)["buffer_size"] == len(final["buffer"]["entries"])

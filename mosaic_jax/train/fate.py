@@ -42,7 +42,7 @@ import numpy as np
 from mosaic_jax import data as data_lib
 from mosaic_jax import distributed, fate as fate_lib
 from mosaic_jax.rollout import ModelPolicy, rollout
-from mosaic_jax.train import mosaic
+from mosaic_jax.train import faults, mosaic
 from mosaic_jax.train import state as state_lib, steps as steps_lib
 
 PHASE = "fate"
@@ -70,6 +70,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   Raises:
     ValueError: with several processes (see the module docstring).
+    faults.Preempted, faults.NonFiniteError: as `mosaic.run`.
   """
   distributed.initialize_from_config(config.distributed)
   if jax.process_count() > 1:
@@ -79,7 +80,17 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   per_round = c.fate.sft_steps + c.fate.pg_steps
   total = c.sft.steps + c.fate.rounds * per_round
   ws = mosaic.warm_start(c, total)
+  try:
+    return _rounds(ws, fcfg, per_round)
+  finally:
+    ws.run.close()
+
+
+def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
+            ) -> dict[str, Any]:
+  """The FATE rounds from the warm start to the report (see `run`)."""
   r, reference, extra = ws.run, ws.reference, ws.extra
+  c = r.config
   opt = dataclasses.replace(
       state_lib.OptimizerConfig.from_config(c.optimizer),
       total_steps=c.fate.rounds * per_round)
@@ -103,22 +114,31 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         ModelPolicy(state.model(), r.tokenizer, name="policy"),
         next(mine_it), r.tokenizer, mine_config, fcfg, buffer,
         round_index=round_index)
+    faults.fault_point("rollout", step + 1)
     r.log(step, result.stats, "fate/")
     r.log(step, {"round_s": time.perf_counter() - start},
           mosaic.TIME_PREFIX + "fate/")
     rng = np.random.default_rng([c.seed, round_index])
     for _ in range(c.fate.sft_steps if len(buffer) else 0):
+      start = time.perf_counter()
+      entries = buffer.sample(pad_rows, rng)
       batch, n = fate_lib.sft_batch(
-          buffer.sample(pad_rows, rng), r.tokenizer, fcfg.conditioning,
-          rows=pad_rows, length=c.fate.sft_max_len)
+          entries, r.tokenizer, fcfg.conditioning, rows=pad_rows,
+          length=c.fate.sft_max_len)
       state, metrics = sft_step(state, mosaic.to_global(batch, r.mesh))
       step += 1
-      r.log(step, {**metrics, "examples": n}, "fate_sft/")
+      faults.fault_point("update", step)
+      r.log_step("fate_sft", step, {**metrics, "examples": n},
+                 {"step_s": time.perf_counter() - start},
+                 [e.task_id for e in entries])
     for _ in range(c.fate.pg_steps):
+      start = time.perf_counter()
+      tasks = next(pg_it)
       out = rollout(ModelPolicy(state.model(), r.tokenizer, name="policy"),
-                    next(pg_it), r.tokenizer,
+                    tasks, r.tokenizer,
                     mosaic.rollout_config(
                         c, seed=mosaic.step_seed(state.rng, step)))
+      faults.fault_point("rollout", step + 1)
       batch, rewards = fate_lib.pg_batch(out, fcfg, ddof=c.rl.adv_ddof,
                                          eps=c.rl.adv_eps)
       batch = mosaic.to_global(batch, r.mesh)
@@ -128,17 +148,21 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             chunk_size=c.rl.chunk_size)
       state, metrics = pg_step(state, batch)
       step += 1
-      r.log(step, {**metrics, "reward_mean": float(rewards.mean()),
-                   **mosaic.rollout_stats(out)}, "fate_pg/")
+      faults.fault_point("update", step)
+      r.log_step("fate_pg", step, {**metrics,
+                                   "reward_mean": float(rewards.mean()),
+                                   **mosaic.rollout_stats(out)},
+                 {"step_s": time.perf_counter() - start},
+                 [t.task_id for t in tasks])
     r.ckpt.save(state, {"phase": PHASE, "round": round_index + 1,
                         "data_mine": mine_it.get_state(),
                         "data_pg": pg_it.get_state(),
                         "buffer": buffer.to_json()}, force=True)
+    # Checkpoints hold whole rounds: SIGTERM takes effect at a round's end.
+    r.stop_if_preempted(step)
   after = r.evaluate(state.model(), "final")
   result = {"before": ws.before, "after": after,
             "eval_tasks": len(r.eval_tasks), "buffer_size": len(buffer),
             "config": json.loads(c.to_json_best_effort())}
   r.write_json(mosaic.REPORT_FILE, result)
-  r.writer.close()
-  r.ckpt.close()
   return result

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import psutil
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -50,11 +52,12 @@ from mosaic_jax.agent.actions import InvalidAction
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.eval import builtin, report as report_lib
-from mosaic_jax.models import convert, decoder, presets
+from mosaic_jax.models import ModelConfig, convert, decoder, presets
 from mosaic_jax.rollout import (EpisodeInfo, ModelPolicy, Rollout,
                                 RolloutConfig, rollout)
-from mosaic_jax.train import checkpoint, metrics as metrics_lib, sft_data
-from mosaic_jax.train import state as state_lib, steps as steps_lib
+from mosaic_jax.train import checkpoint, faults, metrics as metrics_lib
+from mosaic_jax.train import sft_data, state as state_lib, steps as steps_lib
+from mosaic_jax.train import validate
 
 PHASES = ("sft", "rl")
 # report.json key -> `eval.builtin.episode_metrics` name.
@@ -71,6 +74,9 @@ BEFORE_FILE = "eval_before.json"
 REFERENCE_DIR = "reference"
 # Metric names under this prefix are wall times: they differ between runs.
 TIME_PREFIX = "time/"
+# Metric names under this prefix describe the host (resident memory): they
+# differ between runs too.
+HOST_PREFIX = "host/"
 
 
 # ----------------------------------------------------------------- set-up --
@@ -90,6 +96,14 @@ def build_model(config: ml_collections.ConfigDict,
   cfg = presets.PRESETS[m.preset].replace(
       param_dtype=m.dtype, dtype=m.compute_dtype, remat=m.remat)
   return decoder.init_model(cfg, seed=config.seed)
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The architecture `build_model` builds, read without loading weights
+  (the `config.json` beside `model.path`, else the preset)."""
+  if config.model.path:
+    return ModelConfig.from_hf(config.model.path)
+  return presets.PRESETS[config.model.preset]
 
 
 def build_tokenizer(config: ml_collections.ConfigDict) -> Any:
@@ -327,24 +341,85 @@ def _sft_batch(examples: sft_data.SFTExamples, rows: int, length: int,
   return steps_lib.SFTBatch(tokens, loss_mask, attention)
 
 
+def check_task_splits(data: ml_collections.ConfigDict) -> None:
+  """Fails unless every process gets train tasks and held-out tasks exist.
+
+  Raises:
+    validate.ConfigError: names the dataset directory, the split and the
+      fix.
+  """
+  for split, need in (("train", jax.process_count()), ("heldout", 1)):
+    n = len(data_lib.source(data, data_lib.TASKS, split))
+    if n < need:
+      where = data_lib.builder(data, data_lib.TASKS).data_dir
+      raise validate.ConfigError(
+          f"{where}: split {split!r} has {n} tasks, fewer than the {need} "
+          "a run needs; delete that directory so that the run rebuilds it, "
+          "or point data.data_dir at a built task dataset")
+
+
+def check_checkpoint(config: ml_collections.ConfigDict, arch: ModelConfig,
+                     directory: str) -> None:
+  """Fails if `directory` holds a checkpoint of another model than `arch`
+  (reads only the newest step's metadata).
+
+  Raises:
+    checkpoint.IncompatibleCheckpoint: names the parameter and the fix.
+  """
+  if not os.path.isdir(directory):
+    return
+  ckpt = checkpoint.Checkpointer(directory)
+  try:
+    ckpt.check_params(nnx.state(decoder.abstract_model(arch), nnx.Param),
+                      f"model.preset={config.model.preset!r}, "
+                      f"model.path={config.model.path!r}")
+  finally:
+    ckpt.close()
+
+
+def _rss_mib() -> float:
+  """This process's resident memory, MiB."""
+  return psutil.Process().memory_info().rss / 2**20
+
+
+def _sync(name: str) -> None:
+  """A barrier over processes (nothing with one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 class Run:
   """What the phases of one run share: config, workdir, mesh, tokenizer,
-  model, optimizer settings, checkpointer, held-out tasks and the metrics
-  writer (set by `warm_start`); the SFT phase and the RL phase."""
+  model, optimizer settings, checkpointer, held-out tasks, the metrics
+  writer (set by `warm_start`), SIGTERM and non-finite handling
+  (`faults`); the SFT phase and the RL phase.
+
+  Everything that can be checked without compute is checked first, each
+  failure naming the field and the fix: the config's values
+  (`validate.check_values`), the tokenizer against the protocol and the
+  model's vocabulary, a checkpoint in the workdir against the model, and
+  the task splits.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict):
+    validate.check_values(config)
     self.config = config
     self.workdir = os.path.abspath(config.workdir)
     self.main = distributed.is_main_process()
     self.mesh = sharding.make_mesh(config.mesh)
     self.tokenizer = build_tokenizer(config)
+    arch = model_config(config)
+    validate.check_tokenizer(
+        self.tokenizer, arch.vocab_size,
+        config.tokenizer or config.model.path or "the tiny tokenizer")
+    check_checkpoint(config, arch, self.path("checkpoints"))
     if not config.data.data_dir:
       config.data.data_dir = os.path.join(self.workdir, "data")
     # One process builds the datasets (docs/data.md); the others wait.
     if self.main:
       data_lib.prepare(config.data, [data_lib.TASKS])
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("mosaic_data_prepared")
+    _sync("mosaic_data_prepared")
+    check_task_splits(config.data)
     self.model = build_model(config, self.mesh)
     self.sft_opt = dataclasses.replace(
         state_lib.OptimizerConfig.from_config(config.optimizer),
@@ -353,8 +428,8 @@ class Run:
         state_lib.OptimizerConfig.from_config(config.optimizer),
         total_steps=config.rl.steps)
     self.ckpt = checkpoint.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"),
-        every=config.checkpoint.every, keep=config.checkpoint.keep)
+        self.path("checkpoints"), every=config.checkpoint.every,
+        keep=config.checkpoint.keep)
     heldout = [t for batch in data_lib.task_pipeline(
         config.data, "heldout", batch_size=64, shuffle=False, num_epochs=1,
         drop_remainder=False, process_index=0, process_count=1)
@@ -369,6 +444,18 @@ class Run:
                                       % jax.process_count()]
     self.total = config.sft.steps + config.rl.steps
     self.writer: metrics_lib.MetricsWriter | None = None
+    self.guard = faults.NonFiniteGuard(
+        config.max_nonfinite_steps,
+        self.path(faults.NONFINITE_FILE) if self.main else None)
+    # Last: from here SIGTERM is a flag until `close`.
+    self.preemption = faults.Preemption()
+
+  def close(self) -> None:
+    """Flushes and closes the writers; SIGTERM kills again."""
+    if self.writer is not None:
+      self.writer.close()
+    self.ckpt.close()
+    self.preemption.close()
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -386,8 +473,23 @@ class Run:
 
   def save(self, state: state_lib.TrainState, phase: str, it: Any,
            force: bool = False) -> None:
+    """The end of a step: a checkpoint on the interval (or `force`d); after
+    SIGTERM a checkpoint in any case, then `faults.Preempted`."""
+    preempted = self.preemption.requested()
     self.ckpt.save(state, {"phase": phase, "data": it.get_state()},
-                   force=force)
+                   force=force or preempted)
+    if preempted:
+      self.stop_if_preempted(int(state.step), requested=True)
+
+  def stop_if_preempted(self, step: int, requested: bool | None = None
+                        ) -> None:
+    """Raises `faults.Preempted` after SIGTERM (the caller has checkpointed
+    `step`)."""
+    if requested or (requested is None and self.preemption.requested()):
+      raise faults.Preempted(
+          f"preempted (SIGTERM): stopped after step {step}, checkpoint "
+          f"{self.ckpt.directory}/{self.ckpt.latest_step()}; run the same "
+          "command again to resume")
 
   def evaluate(self, model: decoder.Decoder, name: str) -> dict[str, Any]:
     start = time.perf_counter()
@@ -398,13 +500,35 @@ class Run:
     return summary
 
   def write_json(self, name: str, value: Any) -> None:
+    """Writes `workdir/name` whole or not at all (a temporary file renamed:
+    a crash never leaves a truncated file for a resumed run to read)."""
     if self.main:
-      with open(self.path(name), "w", encoding="utf-8") as f:
+      tmp = self.path(name + ".tmp")
+      with open(tmp, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=2)
+      os.replace(tmp, self.path(name))
 
   def log(self, step: int, values: Mapping[str, Any],
           prefix: str = "") -> None:
     self.writer.write(step, values, prefix)
+
+  def log_step(self, phase: str, step: int, metrics: Mapping[str, Any],
+               times: Mapping[str, float], task_ids: Sequence[str]) -> None:
+    """A step's metrics under `phase/`, its wall times and the resident
+    memory; a skipped non-finite update goes to the guard (which may stop
+    the run).
+
+    Args:
+      phase: metric prefix and guard label ("sft", "rl", ...).
+      step: the global step just taken.
+      metrics: the step's metrics (with `skipped`, `loss`, `grad_norm`).
+      times: wall times in seconds, logged under `time/<phase>/`.
+      task_ids: this process's tasks of the step's batch.
+    """
+    self.log(step, metrics, phase + "/")
+    self.log(step, times, TIME_PREFIX + phase + "/")
+    self.log(step, {"rss_mib": _rss_mib()}, HOST_PREFIX)
+    self.guard.update(phase, step, metrics, task_ids)
 
   def log_eval(self, step: int, summary: Mapping[str, Any]) -> None:
     values = scalar_summary(summary)
@@ -425,10 +549,12 @@ class Run:
     while step < c.sft.steps:
       start = time.perf_counter()
       step += 1
+      tasks = next(it)
       examples = sft_data.sft_examples(
-          next(it), self.tokenizer, dict(c.sft.mix),
+          tasks, self.tokenizer, dict(c.sft.mix),
           seed=c.seed * 1_000_003 + step, max_len=c.sft.max_len,
           bucket=c.sft.bucket, max_turns=c.rollout.max_turns)
+      faults.fault_point("rollout", step)
       # sft_examples pads to a bucket multiple (an all-dropped batch is
       # empty); processes' rows must share one length, so several pad to
       # max_len.
@@ -436,12 +562,13 @@ class Run:
                 max(examples.tokens.shape[1], c.sft.bucket))
       batch = to_global(_sft_batch(examples, rows, length, pad), self.mesh)
       state, metrics = step_fn(state, batch)
+      faults.fault_point("update", step)
       # Share of this batch's demonstrations that executed an unsafe action.
       unsafe = float(np.mean(examples.z[:, 0] < 1)) if len(examples.z) else 0.
-      self.log(step, {**metrics, "unsafe_share": unsafe,
-                      "dropped": len(examples.dropped)}, "sft/")
-      self.log(step, {"step_s": time.perf_counter() - start},
-               TIME_PREFIX + "sft/")
+      self.log_step("sft", step, {**metrics, "unsafe_share": unsafe,
+                                  "dropped": len(examples.dropped)},
+                    {"step_s": time.perf_counter() - start},
+                    [t.task_id for t in tasks])
       self.save(state, "sft", it, force=step == c.sft.steps)
     return state
 
@@ -469,6 +596,7 @@ class Run:
                     rollout_config(c, seed=step_seed(state.rng, step)),
                     mesh=self.mesh if jax.process_count() > 1 else None)
       rollout_s = time.perf_counter() - start
+      faults.fault_point("rollout", step + 1)
       rewards, fmt = group_rewards(out, judge, c.rl)
       adv = advantage(jnp.asarray(rewards), ddof=c.rl.adv_ddof,
                       eps=c.rl.adv_eps).reshape(-1)
@@ -488,15 +616,16 @@ class Run:
             chunk_size=c.rl.chunk_size)
       state, metrics = pg_step(state, batch)
       step += 1
+      faults.fault_point("update", step)
       rl_metrics = {**metrics, "reward_mean": float(rewards.mean()),
                 "reward_std": float(rewards.std()),
                 "format_bonus": float(fmt.mean()),
                 "adv_abs_mean": float(np.abs(np.asarray(adv)).mean()),
                 **rollout_stats(out)}
-      self.log(step, rl_metrics, "rl/")
-      self.log(step, {"rollout_s": rollout_s,
-                      "step_s": time.perf_counter() - start},
-               TIME_PREFIX + "rl/")
+      self.log_step("rl", step, rl_metrics,
+                    {"rollout_s": rollout_s,
+                     "step_s": time.perf_counter() - start},
+                    [t.task_id for t in tasks])
       if c.eval.every and (step - c.sft.steps) % c.eval.every == 0:
         last_eval = self.evaluate(state.model(), f"step_{step}")
         self.log_eval(step, last_eval)
@@ -541,35 +670,64 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
     total_steps: the last global step of the whole run (progress bar).
 
   Returns:
-    The `WarmStart` the second phase continues from.
+    The `WarmStart` the second phase continues from; the caller closes its
+    `run`.
+
+  Raises:
+    faults.Preempted: SIGTERM arrived (the newest step is checkpointed).
+    faults.NonFiniteError: too many non-finite SFT updates in a row.
   """
   r = Run(config)
-  template = state_lib.create_train_state(r.model, r.sft_opt,
-                                          seed=config.seed, mesh=r.mesh)
-  state, extra, resumed = r.ckpt.restore_or_keep(template)
-  step = int(state.step)
-  r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=total_steps,
-                                       initial_step=step)
-  if r.main:
-    print(f"workdir: {r.workdir} ({'resumed at step ' + str(step) if resumed else 'fresh'}); "
-          f"{len(r.eval_tasks)} held-out tasks", flush=True)
-  if extra.get("phase", "sft") == "sft":
-    state = r.sft(state, extra)
-    extra = {}
-  reference_dir = r.path(REFERENCE_DIR)
-  if os.path.isdir(reference_dir):
-    reference = convert.load_orbax(reference_dir, mesh=r.mesh)
-  else:
-    reference = copy_model(state.model())
-    convert.save_orbax(reference, reference_dir)
-  if os.path.exists(r.path(BEFORE_FILE)):
-    with open(r.path(BEFORE_FILE), encoding="utf-8") as f:
-      before = json.load(f)
-  else:
-    before = r.evaluate(reference, "warm_start")
-    r.write_json(BEFORE_FILE, before)
-    r.log_eval(config.sft.steps, before)
+  try:
+    template = state_lib.create_train_state(r.model, r.sft_opt,
+                                            seed=config.seed, mesh=r.mesh)
+    state, extra, resumed = r.ckpt.restore_or_keep(template)
+    step = int(state.step)
+    r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=total_steps,
+                                         initial_step=step)
+    if r.main:
+      print(f"workdir: {r.workdir} ({'resumed at step ' + str(step) if resumed else 'fresh'}); "
+            f"{len(r.eval_tasks)} held-out tasks", flush=True)
+    if extra.get("phase", "sft") == "sft":
+      state = r.sft(state, extra)
+      extra = {}
+    reference = _reference(r, state)
+    if os.path.exists(r.path(BEFORE_FILE)):
+      with open(r.path(BEFORE_FILE), encoding="utf-8") as f:
+        before = json.load(f)
+    else:
+      before = r.evaluate(reference, "warm_start")
+      # Logged before the file is written: a crash in between logs it again
+      # on resume rather than never.
+      r.log_eval(config.sft.steps, before)
+      r.write_json(BEFORE_FILE, before)
+    r.stop_if_preempted(int(state.step))
+  except BaseException:
+    r.close()
+    raise
   return WarmStart(r, state, extra, reference, before)
+
+
+def _reference(r: Run, state: state_lib.TrainState) -> decoder.Decoder:
+  """The frozen SFT policy: `workdir/reference` read back, else a copy of
+  `state`'s model written there (into a temporary directory renamed when
+  complete, so a crash never leaves a reference a resumed run would load
+  half-written)."""
+  final = r.path(REFERENCE_DIR)
+  if os.path.isdir(final):
+    return convert.load_orbax(final, mesh=r.mesh)
+  reference = copy_model(state.model())
+  tmp = final + ".tmp"
+  if r.main:
+    shutil.rmtree(tmp, ignore_errors=True)  # a crashed run's leftover
+  _sync("mosaic_reference_tmp")
+  convert.save_orbax(reference, tmp)
+  _sync("mosaic_reference_written")
+  if r.main:
+    faults.fault_point("reference-write", int(state.step))
+    os.rename(tmp, final)
+  _sync("mosaic_reference_renamed")
+  return reference
 
 
 def second_phase_state(ws: WarmStart, phase: str,
@@ -602,19 +760,25 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   Returns:
     `{"before": summary, "after": summary, "config": ...}` as written to
     `workdir/report.json` (see `summarize`).
+
+  Raises:
+    validate.ConfigError: the config, tokenizer or workdir cannot run.
+    faults.Preempted: SIGTERM arrived (the newest step is checkpointed).
+    faults.NonFiniteError: `max_nonfinite_steps` non-finite updates in a row.
   """
   distributed.initialize_from_config(config.distributed)
   ws = warm_start(config, config.sft.steps + config.rl.steps)
   r = ws.run
-  # RL starts from the SFT params with a fresh optimizer; steps continue.
-  state = second_phase_state(ws, "rl", r.rl_opt)
-  state, after = r.rl(state, ws.reference, ws.extra)
-  if after is None:
-    after = r.evaluate(state.model(), "final")
-  result = {"before": ws.before, "after": after,
-            "eval_tasks": len(r.eval_tasks),
-            "config": json.loads(config.to_json_best_effort())}
-  r.write_json(REPORT_FILE, result)
-  r.writer.close()
-  r.ckpt.close()
+  try:
+    # RL starts from the SFT params with a fresh optimizer; steps continue.
+    state = second_phase_state(ws, "rl", r.rl_opt)
+    state, after = r.rl(state, ws.reference, ws.extra)
+    if after is None:
+      after = r.evaluate(state.model(), "final")
+    result = {"before": ws.before, "after": after,
+              "eval_tasks": len(r.eval_tasks),
+              "config": json.loads(config.to_json_best_effort())}
+    r.write_json(REPORT_FILE, result)
+  finally:
+    r.close()
   return result

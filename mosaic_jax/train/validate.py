@@ -1,0 +1,294 @@
+"""Checks a training run's config, tokenizer and model before any compute.
+
+A bad setting should fail in the first second with the field to change, not
+after an SFT phase with a shape error from inside a jitted step. Each check
+returns a list of problems, one line each, naming the field (`rl.group_size`)
+and the fix; `check_structure`, `check_values` and `check_tokenizer` raise
+one `ConfigError` listing all of them. `experiments/train.py` checks the
+structure before anything else; `mosaic.Run` checks values, tokenizer and
+checkpoint before it builds the model.
+
+* `structure_problems`: fields the reference config (`configs/base.py`, plus
+  the `fate` section) does not have, with the closest known name; fields
+  whose value has the wrong type; fields the config lacks.
+* `value_problems`: names that must be one of a registry (judge, reward,
+  advantage estimator, KL estimator, aggregation, sampling strategy, scripted
+  policy, preset, dtype, remat), sizes that must be positive, batch splits
+  that must divide (micro-batches, processes), the mesh against the device
+  count, and the `fate` section.
+* `tokenizer_problems`: the tokens the agent protocol cannot run without (a
+  pad token, an end-of-turn token the sampler stops on and the parser
+  strips, a chat template) and ids that fit the model's vocabulary.
+
+A checkpoint of another model in the workdir is `Checkpointer.check_params`'s
+job (it reads only the checkpoint's metadata).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+
+from mosaic_jax import judge as judge_lib, losses, sharding
+from mosaic_jax.agent import parse
+from mosaic_jax.envs import scripted
+from mosaic_jax.models import presets
+from mosaic_jax.models.config import REMAT_POLICIES
+
+# Sections whose keys are data, not settings (policy name -> weight).
+FREE_FORM = ("sft.mix",)
+STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
+REWARDS = ("pairwise", "scalar")
+DTYPES = ("float32", "bfloat16", "float16")
+METHODS = ("mosaic", "fate")
+
+
+class ConfigError(ValueError):
+  """The config cannot run; the message lists every problem found."""
+
+
+def _type_name(value: Any) -> str:
+  return type(value).__name__
+
+
+def _is_section(value: Any) -> bool:
+  # A ConfigDict is not a collections.abc.Mapping.
+  return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
+def _type_ok(value: Any, reference: Any) -> bool:
+  """Whether `value` may stand where the reference config has `reference`.
+
+  An int is a valid float; a list a valid tuple; None in the reference
+  accepts anything; bool is neither int nor float.
+  """
+  if reference is None:
+    return True
+  if isinstance(reference, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(reference, bool)
+  if isinstance(reference, float):
+    return isinstance(value, (int, float))
+  if isinstance(reference, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  if _is_section(reference):
+    return _is_section(value)
+  return isinstance(value, type(reference))
+
+
+def structure_problems(config: Mapping[str, Any], reference: Mapping[str, Any],
+                       prefix: str = "") -> list[str]:
+  """Unknown, mistyped and missing fields of `config` against `reference`.
+
+  Args:
+    config: the run's config (ConfigDict or nested mappings).
+    reference: a config with every valid field at a value of its type.
+    prefix: the dotted path of `config` (for messages).
+  """
+  problems = []
+  known = list(reference.keys())
+  for key in config.keys():
+    name = f"{prefix}{key}"
+    if key not in reference:
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+      hint = (f"did you mean {prefix}{close[0]}?" if close else
+              f"known fields here: {', '.join(sorted(known))}")
+      problems.append(f"{name}: unknown field; {hint} (a new field is "
+                      "declared in configs/base.py)")
+      continue
+    value, ref = config[key], reference[key]
+    if _is_section(ref) and name not in FREE_FORM:
+      if not _is_section(value):
+        problems.append(f"{name}: must be a section, got {_type_name(value)} "
+                        f"{value!r}")
+      else:
+        problems += structure_problems(value, ref, name + ".")
+    elif not _type_ok(value, ref):
+      problems.append(f"{name}: expected {_type_name(ref)} (like {ref!r}), "
+                      f"got {_type_name(value)} {value!r}")
+  for key in reference.keys():
+    if key not in config:
+      problems.append(f"{prefix}{key}: missing; the reference value is "
+                      f"{reference[key]!r}")
+  return problems
+
+
+def _choice(problems: list[str], name: str, value: Any, allowed) -> None:
+  if value not in allowed:
+    problems.append(f"{name}: {value!r} is not one of "
+                    f"{', '.join(map(repr, sorted(allowed)))}")
+
+
+def _at_least(problems: list[str], name: str, value: Any, low: int) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    problems.append(f"{name}: must be an integer >= {low}, got {value!r}")
+
+
+def _divides(problems: list[str], name: str, part: int, whole: int,
+             whole_name: str) -> None:
+  if part > 0 and whole % part:
+    problems.append(f"{name}={part} does not divide {whole_name}={whole}; "
+                    f"set {name} to a divisor of {whole} (0: no "
+                    "micro-batching)")
+
+
+def value_problems(config: ml_collections.ConfigDict,
+                   process_count: int | None = None) -> list[str]:
+  """Settings that cannot work, whatever their types.
+
+  Args:
+    config: the run's config.
+    process_count: processes of the run (default: JAX's); the mesh is laid
+      over JAX's devices.
+  """
+  processes = jax.process_count() if process_count is None else process_count
+  p: list[str] = []
+  if not config.get("workdir"):
+    p.append("workdir: empty; set --config.workdir=DIR (every output goes "
+             "there)")
+  _choice(p, "method", config.get("method", "mosaic"), METHODS)
+  m = config.model
+  if m.path:
+    if not os.path.isdir(m.path):
+      p.append(f"model.path: {m.path!r} is not a directory; point it at an "
+               "HF safetensors or orbax model directory, or set it to '' "
+               "for a randomly initialised model.preset")
+  else:
+    _choice(p, "model.preset", m.preset, presets.PRESETS)
+  _choice(p, "model.dtype", m.dtype, DTYPES)
+  _choice(p, "model.compute_dtype", m.compute_dtype, DTYPES)
+  _choice(p, "model.remat", m.remat, REMAT_POLICIES)
+  if config.tokenizer and not os.path.isdir(config.tokenizer):
+    p.append(f"tokenizer: {config.tokenizer!r} is not a directory; set it "
+             "to a tokenizer directory or '' (the one beside model.path)")
+  _at_least(p, "max_nonfinite_steps", config.max_nonfinite_steps, 0)
+
+  sft, rl, ro = config.sft, config.rl, config.rollout
+  _at_least(p, "sft.steps", sft.steps, 0)
+  _at_least(p, "rl.steps", rl.steps, 0)
+  for name, value in [("sft.batch", sft.batch),
+                      ("rl.group_size", rl.group_size),
+                      ("rl.tasks_per_step", rl.tasks_per_step),
+                      ("sft.max_len", sft.max_len), ("sft.bucket", sft.bucket),
+                      ("rollout.max_turns", ro.max_turns),
+                      ("rollout.max_tokens_per_turn", ro.max_tokens_per_turn),
+                      ("rollout.max_total_length", ro.max_total_length),
+                      ("checkpoint.every", config.checkpoint.every),
+                      ("eval.batch", config.eval.batch),
+                      ("sft.chunk_size", sft.chunk_size),
+                      ("rl.chunk_size", rl.chunk_size)]:
+    _at_least(p, name, value, 1)
+  if isinstance(sft.batch, int) and isinstance(sft.microbatch, int):
+    _divides(p, "sft.microbatch", sft.microbatch, sft.batch // processes,
+             "sft.batch per process")
+  if all(isinstance(x, int) for x in (rl.tasks_per_step, rl.group_size,
+                                      rl.microbatch)):
+    _divides(p, "rl.microbatch", rl.microbatch,
+             rl.tasks_per_step * rl.group_size // processes,
+             "rl.tasks_per_step x rl.group_size per process")
+  for name, value in [("sft.batch", sft.batch),
+                      ("rl.tasks_per_step", rl.tasks_per_step),
+                      ("eval.batch", config.eval.batch)]:
+    if isinstance(value, int) and value % processes:
+      p.append(f"{name}={value} is not a multiple of the {processes} "
+               "processes; each process takes an equal share")
+  if rl.steps and isinstance(rl.group_size, int) and rl.group_size < 2:
+    p.append(f"rl.group_size={rl.group_size}: group advantages and pairwise "
+             "judgements need at least 2 episodes per task; set it >= 2")
+  if (isinstance(ro.max_total_length, int)
+      and isinstance(ro.max_tokens_per_turn, int)
+      and ro.max_tokens_per_turn > ro.max_total_length):
+    p.append("rollout.max_tokens_per_turn exceeds rollout.max_total_length; "
+             "lower it or raise max_total_length")
+  _choice(p, "rl.judge", rl.judge, judge_lib.JUDGES)
+  _choice(p, "rl.reward", rl.reward, REWARDS)
+  _choice(p, "rl.advantage", rl.advantage, losses.ADVANTAGE_ESTIMATORS)
+  _choice(p, "rl.kl_estimator", rl.kl_estimator, losses.KL_ESTIMATORS)
+  _choice(p, "rl.aggregation", rl.aggregation, losses.AGGREGATIONS)
+  _choice(p, "sft.aggregation", sft.aggregation, losses.AGGREGATIONS)
+  _choice(p, "rollout.strategy", ro.strategy, STRATEGIES)
+  _choice(p, "eval.strategy", config.eval.strategy, STRATEGIES)
+  if len(tuple(rl.scalar_weights)) != 4:
+    p.append(f"rl.scalar_weights: needs 4 weights (security, utility, "
+             f"no_over_refusal, validity), got {tuple(rl.scalar_weights)}")
+  mix = dict(sft.mix)
+  for name in mix:
+    _choice(p, f"sft.mix.{name}", name, scripted.POLICIES)
+  weights = list(mix.values())
+  if sft.steps and (not weights or any(
+      not isinstance(w, (int, float)) or w < 0 for w in weights)
+                    or not sum(weights)):
+    p.append(f"sft.mix: weights must be >= 0 with a positive sum, got {mix}")
+  try:
+    sharding.make_mesh(config.mesh)
+  except ValueError as e:
+    p.append(f"mesh: {e}")
+  if "fate" in config and config.get("method", "mosaic") == "fate":
+    # Imported here: the FATE module pulls in the rollout engine's users.
+    from mosaic_jax import fate as fate_lib  # pylint: disable=import-outside-toplevel
+    try:
+      fate_lib.FateConfig.from_config(config.fate)
+    except ValueError as e:
+      p.append(str(e))
+    if processes > 1:
+      p.append("method: the FATE loop runs on one process; run it without "
+               "a process group")
+  return p
+
+
+def tokenizer_problems(tokenizer: Any, vocab_size: int, source: str
+                       ) -> list[str]:
+  """What the agent protocol needs from a tokenizer, for a model of
+  `vocab_size` rows (`source` names where the tokenizer came from)."""
+  p = []
+  fix = (f"use the tokenizer of the model's family (config.tokenizer, or "
+         f"the one beside model.path); this one is from {source}")
+  if getattr(tokenizer, "pad_token_id", None) is None:
+    p.append(f"tokenizer: no pad token (batches are padded with it); {fix}")
+  eos = getattr(tokenizer, "eos_token", None)
+  if getattr(tokenizer, "eos_token_id", None) is None or eos is None:
+    p.append(f"tokenizer: no end-of-turn (eos) token, so the sampler cannot "
+             f"stop a turn; {fix}")
+  elif eos not in parse.END_OF_TURN_TOKENS:
+    p.append(f"tokenizer: eos token {eos!r} is not an end-of-turn token of "
+             f"the protocol ({', '.join(parse.END_OF_TURN_TOKENS)}), so "
+             f"turns would not parse; {fix}")
+  elif len(tokenizer.encode(eos, add_special_tokens=False)) != 1:
+    p.append(f"tokenizer: eos token {eos!r} is not a single token; {fix}")
+  if not getattr(tokenizer, "chat_template", None):
+    p.append(f"tokenizer: no chat template, so episodes cannot be "
+             f"rendered; {fix}")
+  if len(tokenizer) > vocab_size:
+    p.append(f"tokenizer: {len(tokenizer)} token ids but the model has "
+             f"{vocab_size} embedding rows (ids past it would be silently "
+             f"clamped); {fix}, or a model.preset/model.path with a "
+             "vocabulary this large")
+  return p
+
+
+def _raise(what: str, problems: list[str]) -> None:
+  if problems:
+    raise ConfigError(f"{what} ({len(problems)} problem(s); nothing was "
+                      "run):\n" + "\n".join(f"  {line}" for line in problems))
+
+
+def check_structure(config: Mapping[str, Any],
+                    reference: Mapping[str, Any]) -> None:
+  """Raises `ConfigError` listing `structure_problems` (pure Python: safe
+  before the process group is initialised)."""
+  _raise("the config does not match configs/base.py",
+         structure_problems(config, reference))
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` listing `value_problems` (reads the process and
+  device counts: call after `distributed.initialize_from_config`)."""
+  _raise("the config cannot run", value_problems(config))
+
+
+def check_tokenizer(tokenizer: Any, vocab_size: int, source: str) -> None:
+  """Raises `ConfigError` listing `tokenizer_problems`."""
+  _raise("the tokenizer cannot run the agent protocol",
+         tokenizer_problems(tokenizer, vocab_size, source))
