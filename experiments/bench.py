@@ -27,6 +27,7 @@ import transformers
 from experiments import load_memory
 from experiments import perf
 from experiments import rollout_bench
+from experiments import rss_bench
 from mosaic_jax import models
 from mosaic_jax import pareto
 from mosaic_jax import sampling
@@ -211,6 +212,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, object]]] = {
     "train": perf.bench_train,
     "compile": perf.bench_compile,
     "memory": perf.bench_memory,
+    "rss": rss_bench.bench_rss,
 }
 
 
