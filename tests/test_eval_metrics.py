@@ -119,7 +119,8 @@ def test_hand_built_records():
   rep = builtin.builtin_report(records, "hand", n_bootstrap=0)
   values = _values(rep)
   assert values == pytest.approx({
-      "harmful_compliance": 1 / 2, "refusal_rate": 1 / 2,
+      "harmful_compliance": 1 / 2, "harmful_not_refused": 1 / 2,
+      "refusal_rate": 1 / 2,
       "refusal_on_time": 0.0, "injection_asr": 1.0, "utility": 0.5,
       "utility_under_attack": 1.0, "over_refusal": 1 / 3,
       "privacy_leak_rate": 0.0, "security": 3 / 5, "validity": 4 / 5,

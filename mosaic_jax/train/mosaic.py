@@ -60,12 +60,15 @@ from mosaic_jax.train import sft_data, state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
 
 PHASES = ("sft", "rl")
-# report.json key -> `eval.builtin.episode_metrics` name.
-REPORT_METRICS = {"harmful_compliance": "harmful_compliance",
+# report.json key -> `eval.builtin.episode_metrics` name. harmful_compliance
+# follows the MOSAIC issue's definition, "harmful tasks not refused"; the
+# stricter "a harmful action ran" is reported beside it as harmful_executed.
+REPORT_METRICS = {"harmful_compliance": "harmful_not_refused",
                   "injection_asr": "injection_asr", "utility": "utility",
                   "over_refusal": "over_refusal",
                   "privacy_leak": "privacy_leak_rate"}
-# Further built-in metrics reported beside them.
+# Further built-in metrics reported beside them (report key -> metric).
+RENAMED_METRICS = {"harmful_executed": "harmful_compliance"}
 EXTRA_METRICS = ("refusal_rate", "refusal_on_time", "utility_under_attack",
                  "security", "validity", "invalid_action_rate", "mean_turns",
                  "safety_thoughts_share")
@@ -202,8 +205,8 @@ def summarize(records: Sequence[builtin.EpisodeRecord], *,
       np.asarray([r.task.kind for r in records]))
   out: dict[str, Any] = {"episodes": int(len(kinds)), "ci95": {},
                          "counts": {}, "by_kind": {}}
-  for key, metric in [*REPORT_METRICS.items(), *((m, m) for m in
-                                                 EXTRA_METRICS)]:
+  for key, metric in [*REPORT_METRICS.items(), *RENAMED_METRICS.items(),
+                      *((m, m) for m in EXTRA_METRICS)]:
     stats = report_lib.bootstrap(samples[metric], n_bootstrap, seed)
     out[key] = None if stats is None else stats["value"]
     if stats is not None:
@@ -293,7 +296,8 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
   """Batch statistics of this process's RL episodes (logged every step)."""
   m = builtin.episode_metrics([e.record for e in out.episodes])
   stats = {}
-  for name in ("harmful_compliance", "injection_asr", "refusal_rate",
+  for name in ("harmful_not_refused", "harmful_compliance", "injection_asr",
+               "refusal_rate",
                "over_refusal", "utility", "validity"):
     s = m[name]
     if s.den.sum():
