@@ -48,9 +48,11 @@ def main(argv):
           "sft_lr": config.sft.lr, "seed": config.seed,
           "sft_mix": dict(config.sft.mix),
           "final_sft_loss": _last_sft_loss(config.workdir),
-          "heldout": {k: report["before"][k]
-                      for k in (*mosaic.REPORT_METRICS, "validity",
-                                "refusal_rate", "mean_turns")},
+          # `after`: evaluated now with the current metric definitions
+          # (`before`, the same model, may be read back from an older run).
+          "heldout": {k: report["after"][k]
+                      for k in (*mosaic.REPORT_METRICS, "harmful_executed",
+                                "validity", "refusal_rate", "mean_turns")},
           "heldout_tasks": report["eval_tasks"],
           "wall_s": round(time.perf_counter() - start, 1)}
   with open(os.path.join(_OUT.value, "build_info.json"), "w",
