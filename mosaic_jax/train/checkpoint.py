@@ -47,6 +47,25 @@ def _saved(state: TrainState) -> dict[str, Any]:
 _all_finite = jax.jit(steps_lib.all_finite)
 
 
+class _FaultBeforeRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's commit by rename with the crash tests' hook in front of it.
+
+  Orbax finalizes each item of a step, then the step, each by renaming its
+  finished temporary directory. `faults.fault_point("checkpoint-write",
+  step)` runs before the first of these renames: a kill there leaves the
+  step's files written and nothing of it committed. Used only while
+  `MOSAIC_FAULT` is set; otherwise orbax picks its own protocol.
+  """
+
+  async def finalize(self, *args, **kwargs):
+    final = self.get_final()
+    name = final.name if final.name.isdigit() else final.parent.name
+    step = name.removesuffix(TMP_SUFFIX)
+    if step.isdigit():
+      faults.fault_point("checkpoint-write", int(step))
+    return await super().finalize(*args, **kwargs)
+
+
 def _name(path: tuple[Any, ...]) -> str:
   """`blocks/w_up` for a pytree key path (nnx's trailing `value` dropped),
   the same for a state and for orbax's metadata of it."""
@@ -83,7 +102,8 @@ class Checkpointer:
     # first step a manager sees, whatever its number.
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=1, max_to_keep=keep if keep > 0 else None,
-        create=True)
+        create=True, temporary_path_class=(
+            _FaultBeforeRename if os.environ.get(faults.FAULT_ENV) else None))
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -115,9 +135,6 @@ class Checkpointer:
         step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_saved(state)),
             extra=ocp.args.JsonSave(dict(extra or {}))), force=force)
-    # Orbax writes in the background from here until the rename commits it.
-    faults.fault_point("checkpoint-write", step, ready=faults.partial_files(
-        os.path.join(self.directory, f"{step}{TMP_SUFFIX}*")))
     self._manager.wait_until_finished()
     return saved
 

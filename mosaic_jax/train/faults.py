@@ -15,10 +15,11 @@
   `MOSAIC_FAULT=SIGNAL@POINT:STEP` (SIGNAL `kill` or `term`) the process sends
   itself that signal when it reaches POINT of global step STEP. Points:
   `rollout` (the step's batch exists, nothing is updated), `update` (the
-  state is updated in memory, not saved), `checkpoint-write` (orbax is
-  writing the step's checkpoint: part of its files are on disk, the step is
-  not committed) and `reference-write` (the SFT policy is written, not yet
-  moved into place). Unset, a hook costs one dictionary lookup.
+  state is updated in memory, not saved), `checkpoint-write` (orbax has
+  written the step's files and is about to commit them by renaming: see
+  `checkpoint._FaultBeforeRename`) and `reference-write` (the SFT policy is
+  written, not yet moved into place). Unset, a hook costs one dictionary
+  lookup.
 * Non-finite updates. The jitted steps skip an update whose loss, gradient
   norm or result is not finite (`steps._apply_update`, metric `skipped`).
   `NonFiniteGuard` reports each skip with the step and the batch's task ids
@@ -27,14 +28,12 @@
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
 import sys
 import threading
-import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -45,9 +44,6 @@ FAULT_POINTS = ("rollout", "update", "checkpoint-write", "reference-write")
 FAULT_SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 PREEMPTED_EXIT = 128 + signal.SIGTERM
 NONFINITE_FILE = "nonfinite.jsonl"
-# How long `fault_point` waits for its `ready` condition (a checkpoint write
-# that has put files on disk) before firing anyway.
-_READY_TIMEOUT_S = 30.0
 
 
 class Preempted(Exception):
@@ -78,15 +74,12 @@ def parse_fault(spec: str) -> tuple[signal.Signals, str, int]:
   return sig, point, step
 
 
-def fault_point(point: str, step: int,
-                ready: Callable[[], bool] | None = None) -> None:
+def fault_point(point: str, step: int) -> None:
   """Sends this process the signal `MOSAIC_FAULT` names if it names here.
 
   Args:
     point: one of `FAULT_POINTS`.
     step: the global step being worked on.
-    ready: fire only once this is true (polled; at most `_READY_TIMEOUT_S`),
-      e.g. once a background write has put part of its files on disk.
   """
   spec = os.environ.get(FAULT_ENV)
   if not spec:
@@ -94,20 +87,9 @@ def fault_point(point: str, step: int,
   sig, want_point, want_step = parse_fault(spec)
   if (want_point, want_step) != (point, step):
     return
-  deadline = time.monotonic() + _READY_TIMEOUT_S
-  while ready is not None and not ready() and time.monotonic() < deadline:
-    time.sleep(0.001)
   print(f"{FAULT_ENV}: sending {sig.name} at {point} of step {step}",
         file=sys.stderr, flush=True)
   os.kill(os.getpid(), sig)
-
-
-def partial_files(pattern: str) -> Callable[[], bool]:
-  """A `ready` condition: some file exists under a directory matching
-  `pattern` (glob), e.g. a checkpoint's temporary directory."""
-  return lambda: any(os.path.isfile(f) for d in glob.glob(pattern)
-                     for f in glob.glob(os.path.join(d, "**"),
-                                        recursive=True))
 
 
 class Preemption:
