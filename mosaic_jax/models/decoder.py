@@ -13,6 +13,7 @@ depth. Every parameter carries `logical_axes` metadata that
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -118,7 +119,9 @@ def _attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
 
   Args:
     q: [B, T, N, H] queries; k, v: [B, S, K, H] keys and values.
-    q_slot: [T] slot index of each query (keys at slots <= it are visible).
+    q_slot: [T] slot index of each query (keys at slots <= it are visible), or
+      None when the keys are the queries' own T positions (no cache), which
+      takes the block-causal path.
     k_valid: [B, S] bool, slot holds a real token.
 
   Returns:
@@ -128,6 +131,17 @@ def _attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
   groups = n // cfg.num_kv_heads
   # Query head i uses kv head i // groups: grouping the heads as [K, G] does so.
   q = q.reshape(b, t, cfg.num_kv_heads, groups, hd)
+  if q_slot is None:
+    # Queries as [B, K, T·G, H] (row t·G + g is position t, head g of the kv
+    # group), keys and values as [B, K, S, H]: batch axes lead and every
+    # contraction is over one axis, so each einsum is a plain batched matmul
+    # (two contracted axes made XLA:CPU write transposed copies), and a block
+    # of positions is a contiguous block of rows.
+    qr = q.transpose(0, 2, 1, 3, 4).reshape(b, cfg.num_kv_heads, t * groups, hd)
+    out = _causal_attention(qr, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+                            k_valid, groups)
+    out = out.reshape(b, cfg.num_kv_heads, t, groups, hd).transpose(0, 2, 1, 3, 4)
+    return out.reshape(b, t, n, hd)
   scores = jnp.einsum("btkgh,bskh->bkgts", q, k,
                       preferred_element_type=jnp.float32) * hd ** -0.5
   visible = (jnp.arange(k.shape[1])[None, :] <= q_slot[:, None])[None] & k_valid[:, None, :]
@@ -135,6 +149,107 @@ def _attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
   out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
   return out.reshape(b, t, n, hd)
+
+
+# Positions per query block of `_causal_attention`. Block i attends to keys
+# [0, (i + 1) * block) only, so at T = 512 the four blocks compute 10/16 of
+# the full [T, T] scores; smaller blocks skip more but run smaller matmuls.
+_QUERY_BLOCK = 128
+
+
+def _block_scores(q, k, valid, start, groups):
+  """Masked f32 scores [B, K, C·G, E] of the positions [start, start + C)."""
+  rows, e = q.shape[2], k.shape[2]
+  s = jnp.einsum("bkrh,bksh->bkrs", q, k,
+                 preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+  position = start + jnp.arange(rows) // groups
+  visible = ((jnp.arange(e)[None, :] <= position[:, None])[None, None]
+             & valid[:, None, None, :e])
+  return jnp.where(visible, s, _MASK_VALUE)
+
+
+def _query_blocks(t: int):
+  """(start, end) positions of each query block; its keys are [0, end)."""
+  return [(s, min(s + _QUERY_BLOCK, t)) for s in range(0, t, _QUERY_BLOCK)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _causal_attention(q, k, v, valid, groups):
+  """Causal attention of T positions over their own keys.
+
+  Queries go in blocks that skip the keys after the block; the backward pass
+  recomputes each block's probabilities from the saved log-sum-exp instead of
+  keeping the [B, N, T, T] probabilities of every layer (flash attention's
+  trade, without its online softmax: a block sees all its keys at once).
+
+  Args:
+    q: [B, K, T·G, H] queries, G per kv head; k, v: [B, K, T, H];
+    valid: [B, T] bool, position holds a real token.
+    groups: G.
+
+  Returns:
+    [B, K, T·G, H] in the compute dtype.
+  """
+  return _causal_attention_fwd(q, k, v, valid, groups)[0]
+
+
+def _causal_attention_fwd(q, k, v, valid, groups):
+  outs, lses = [], []
+  for start, end in _query_blocks(k.shape[2]):
+    rows = slice(start * groups, end * groups)
+    s = _block_scores(q[:, :, rows], k[:, :, :end], valid, start, groups)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    outs.append(jnp.einsum("bkrs,bksh->bkrh", (p / total).astype(q.dtype),
+                           v[:, :, :end]))
+    lses.append((m + jnp.log(total))[..., 0])
+  out = jnp.concatenate(outs, axis=2)
+  return out, (q, k, v, valid, out, jnp.concatenate(lses, axis=2))
+
+
+def _causal_attention_bwd(groups, res, d_out):
+  q, k, v, valid, out, lse = res
+  dt, f32 = q.dtype, jnp.float32
+  # Σ_s p·dp = d_out·out per query: the softmax backward without [.., S] sums.
+  delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1)
+  dk = jnp.zeros(k.shape, f32)
+  dv = jnp.zeros(v.shape, f32)
+  dqs = []
+  for start, end in _query_blocks(k.shape[2]):
+    rows = slice(start * groups, end * groups)
+    qb, dob = q[:, :, rows], d_out[:, :, rows]
+    kb, vb = k[:, :, :end], v[:, :, :end]
+    p = jnp.exp(_block_scores(qb, kb, valid, start, groups)
+                - lse[:, :, rows, None])
+    dv = dv.at[:, :, :end].add(jnp.einsum(
+        "bkrs,bkrh->bksh", p.astype(dt), dob, preferred_element_type=f32))
+    dp = jnp.einsum("bkrh,bksh->bkrs", dob, vb, preferred_element_type=f32)
+    ds = (p * (dp - delta[:, :, rows, None])
+          * q.shape[-1] ** -0.5).astype(dt)
+    dqs.append(jnp.einsum("bkrs,bksh->bkrh", ds, kb,
+                          preferred_element_type=f32))
+    dk = dk.at[:, :, :end].add(jnp.einsum(
+        "bkrs,bkrh->bksh", ds, qb, preferred_element_type=f32))
+  return (jnp.concatenate(dqs, axis=2).astype(dt), dk.astype(k.dtype),
+          dv.astype(v.dtype), None)
+
+
+_causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
+
+
+def _token_einsum(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """`jnp.einsum(equation, x, w)` with x's [B, T] axes merged into one, "m".
+
+  Why: autodiff's weight gradient then contracts a single [B·T] axis, which
+  XLA:CPU runs as one plain matmul. Contracting (b, t) as two axes made it
+  write each [B, T, F] activation gradient a second time, transposed, in a
+  loop fusion ~14x slower than the untransposed one: the largest non-matmul
+  cost of the CPU train step (docs/benchmarks.md).
+  """
+  b, t = x.shape[:2]
+  out = jnp.einsum(equation, x.reshape(b * t, *x.shape[2:]), w)
+  return out.reshape(b, t, *out.shape[1:])
 
 
 def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
@@ -155,9 +270,9 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   dt = x.dtype
   w = lambda name: p[name].astype(dt)
   h = rms_norm(x, p["attn_norm_ld"], cfg.norm_eps)
-  q = jnp.einsum("btd,dnh->btnh", h, w("wq_ldnh"))
-  k = jnp.einsum("btd,dkh->btkh", h, w("wk_ldkh"))
-  v = jnp.einsum("btd,dkh->btkh", h, w("wv_ldkh"))
+  q = _token_einsum("md,dnh->mnh", h, w("wq_ldnh"))
+  k = _token_einsum("md,dkh->mkh", h, w("wk_ldkh"))
+  v = _token_einsum("md,dkh->mkh", h, w("wv_ldkh"))
   if cfg.qkv_bias:
     q, k, v = q + w("bq_lnh"), k + w("bk_lkh"), v + w("bv_lkh")
   if cfg.qk_norm:
@@ -170,15 +285,15 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   v = sharding.constrain(v, kv_names)
   k_all, v_all, k_valid = kv_write(k, v)
   attn = _attention(cfg, q, k_all, v_all, q_slot, k_valid)
-  out = jnp.einsum("btnh,nhd->btd", attn, w("wo_lnhd"))
+  out = _token_einsum("mnh,nhd->md", attn, w("wo_lnhd"))
   if cfg.o_bias:
     out = out + w("bo_ld")
   x = sharding.constrain(x + out, ("batch", "length", "embed"))
   h = rms_norm(x, p["mlp_norm_ld"], cfg.norm_eps)
-  gate = jnp.einsum("btd,df->btf", h, w("w_gate_ldf"))
-  up = jnp.einsum("btd,df->btf", h, w("w_up_ldf"))
+  gate = _token_einsum("md,df->mf", h, w("w_gate_ldf"))
+  up = _token_einsum("md,df->mf", h, w("w_up_ldf"))
   act = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-  x = x + jnp.einsum("btf,fd->btd", act, w("w_down_lfd"))
+  x = x + _token_einsum("mf,fd->md", act, w("w_down_lfd"))
   return sharding.constrain(x, ("batch", "length", "embed")), (k_all, v_all)
 
 
@@ -242,7 +357,7 @@ class Decoder(nnx.Module):
     x = sharding.constrain(x, ("batch", "length", "embed"))
 
     if cache is None:
-      q_slot = jnp.arange(t)
+      q_slot = None
       kv_write = lambda k, v: (k, v, mask)
       xs = self.blocks.stacked()
       carry = x
