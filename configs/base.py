@@ -87,8 +87,10 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   # Held-out evaluation (train.mosaic.evaluate) before RL, every `every` RL
   # steps (0: only at the end) and after: max_tasks held-out tasks (0: the
   # whole split; else a subset stratified over kinds), `batch` tasks per
-  # rollout, one episode each, decoded with `strategy` (greedy by default).
+  # rollout, `samples` episodes each, decoded with `strategy` (greedy by
+  # default). With a sampling strategy and samples > 1 every rate is the
+  # policy's expected rate over its samples, not its argmax's.
   c.eval = ml_collections.ConfigDict(dict(
-      every=50, max_tasks=0, batch=64, strategy="greedy", temperature=1.0,
-      seed=0))
+      every=50, max_tasks=0, batch=64, samples=1, strategy="greedy",
+      temperature=1.0, seed=0))
   return c

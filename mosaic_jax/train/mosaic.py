@@ -120,11 +120,13 @@ def rollout_config(config: ml_collections.ConfigDict, *,
                    ) -> RolloutConfig:
   """The rollout settings of RL (group size `rl.group_size`) or evaluation.
 
-  Evaluation plays each task once with `eval.strategy` / `eval.temperature`.
+  Evaluation plays each task `eval.samples` times with `eval.strategy` /
+  `eval.temperature`.
   """
   rc = RolloutConfig.from_config(config.rollout)
   if evaluation:
-    return dataclasses.replace(rc, group_size=1, strategy=config.eval.strategy,
+    return dataclasses.replace(rc, group_size=config.eval.get("samples", 1),
+                               strategy=config.eval.strategy,
                                temperature=config.eval.temperature,
                                seed=config.eval.seed)
   return dataclasses.replace(rc, group_size=config.rl.group_size,

@@ -210,6 +210,13 @@ def value_problems(config: ml_collections.ConfigDict,
   _choice(p, "sft.aggregation", sft.aggregation, losses.AGGREGATIONS)
   _choice(p, "rollout.strategy", ro.strategy, STRATEGIES)
   _choice(p, "eval.strategy", config.eval.strategy, STRATEGIES)
+  samples = config.eval.get("samples", 1)
+  _at_least(p, "eval.samples", samples, 1)
+  if (isinstance(samples, int) and samples > 1
+      and config.eval.strategy == "greedy"):
+    p.append(f"eval.samples={samples} with eval.strategy='greedy' plays the "
+             "same episode again; set eval.strategy='temperature' or "
+             "eval.samples=1")
   if len(tuple(rl.scalar_weights)) != 4:
     p.append(f"rl.scalar_weights: needs 4 weights (security, utility, "
              f"no_over_refusal, validity), got {tuple(rl.scalar_weights)}")
