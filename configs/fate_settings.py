@@ -26,7 +26,7 @@ def add_fate(c: ml_collections.ConfigDict, **overrides
       # R_pf = Σ z − length_coef · max(0, (L − length_l0)/length_l0).
       length_coef=0.1, length_l0=400.0,
       # a* is stored only when it beats the failure; FIFO buffer.
-      require_improvement=True, buffer_size=1024,
+      require_improvement=True, improvement="dominates", buffer_size=1024,
       # PFPO SFT on the buffer: context task | repair | both; rows per step
       # and padded length (repair prompts need rollout.max_total_length +
       # prompt_extra_tokens).

@@ -14,7 +14,7 @@ One self-evolution round (`run_round`):
    original task, scored by the original task's verifier;
 4. invalid candidates (validity < 1) are filtered; `a*` is the first-front
    candidate of the K with the highest `R_pf` (`pareto.select_best`), kept
-   when it beats the failure (`improves`), and stored as a `BufferEntry`
+   when it beats the failure (`improves`, under `improvement`), and stored as a `BufferEntry`
    in the bounded, deduplicated `ReplayBuffer`.
 
 PFPO (policy update, driven by `mosaic_jax.train.fate`):
@@ -62,6 +62,7 @@ OBJECTIVES = verifiers.OBJECTIVES
 _SECURITY, _UTILITY, _NO_OVER_REFUSAL, _VALIDITY = range(4)
 CONDITIONINGS = ("task", "repair", "both")
 REWARDS = ("pareto", "scalar")
+IMPROVEMENTS = ("dominates", "r_pf")
 
 # The repair prompt (the user message of a repair episode). `{feedback}` is
 # one "- " line per `feedback_lines` entry.
@@ -98,6 +99,11 @@ class FateConfig:
     length_coef: λ of R_pf's length penalty.
     length_l0: L0 of R_pf's length penalty, in generated tokens.
     require_improvement: store a* only when it beats the failure.
+    improvement: what "beats" means (`improves`): "dominates" (a* Pareto-
+      dominates the failure) or "r_pf" (also a trade that is not dominated
+      and has the higher R_pf). "r_pf" lets a short refusal of a benign task
+      replace a failed, invalid attempt (it trades no_over_refusal for
+      validity and wins on length), which taught the tiny run to over-refuse.
     buffer_size: replay buffer capacity (FIFO eviction).
     conditioning: context of the SFT examples: task | repair | both.
     reward: pareto | scalar (the scalarised baseline).
@@ -112,6 +118,7 @@ class FateConfig:
   length_coef: float = 0.1
   length_l0: float = 400.0
   require_improvement: bool = True
+  improvement: str = "dominates"
   buffer_size: int = 1024
   conditioning: str = "repair"
   reward: str = "pareto"
@@ -126,6 +133,9 @@ class FateConfig:
     if self.reward not in REWARDS:
       raise ValueError(f"unknown fate.reward {self.reward!r}; expected one "
                        f"of {REWARDS}")
+    if self.improvement not in IMPROVEMENTS:
+      raise ValueError(f"unknown fate.improvement {self.improvement!r}; "
+                       f"expected one of {IMPROVEMENTS}")
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any] | Any) -> FateConfig:
@@ -155,11 +165,16 @@ def dominates(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def improves(z_new: np.ndarray, r_new: float, z_old: np.ndarray,
-             r_old: float) -> bool:
-  """A repair beats its failure: it dominates it, or it is not dominated by
-  it and has the higher R_pf (a trade that gains more than it gives)."""
-  return dominates(z_new, z_old) or (not dominates(z_old, z_new)
-                                     and r_new > r_old)
+             r_old: float, rule: str = "r_pf") -> bool:
+  """A repair beats its failure: it dominates it, or (rule "r_pf") it is
+  not dominated by it and has the higher R_pf (a trade that gains more than
+  it gives)."""
+  if rule not in IMPROVEMENTS:
+    raise ValueError(f"unknown improvement rule {rule!r}; expected one of "
+                     f"{IMPROVEMENTS}")
+  if dominates(z_new, z_old):
+    return True
+  return rule == "r_pf" and not dominates(z_old, z_new) and r_new > r_old
 
 
 # -------------------------------------------------------- repair prompts --
@@ -543,7 +558,8 @@ def run_round(policy: TurnPolicy, task_list: Sequence[Any], tokenizer: Any,
       front_sizes.append(int(np.sum(valid[f] & (ranks[f] == 0))))
       a = int(best[f])
       counts["selected"] += 1
-      better = improves(z[f, a], r[f, a], z_all[i], r_all[i])
+      better = improves(z[f, a], r[f, a], z_all[i], r_all[i],
+                        fate.improvement)
       counts["improved"] += better
       if fate.require_improvement and not better:
         continue

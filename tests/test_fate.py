@@ -342,6 +342,13 @@ def test_improves_and_config_section():
   # Dominated by the failure: never an improvement, whatever R_pf says.
   assert not fate.improves(np.array([0., .5, 1., 1.]), 9.0, fail, 3.0)
   assert not fate.improves(fail, 3.0, fail, 3.0)
+  # The "dominates" rule (the configs' default) refuses the trade.
+  assert not fate.improves(np.array([1., .5, 1., 1.]), 3.5, fail, 3.0,
+                           "dominates")
+  assert fate.improves(np.array([1., 1., 1., 1.]), 4.0, fail, 3.0,
+                       "dominates")
+  with pytest.raises(ValueError, match="improvement"):
+    fate.FateConfig(improvement="sum")
   config = fate_tiny.get_config()
   assert config.method == "fate"
   cfg = fate.FateConfig.from_config(config.fate)
