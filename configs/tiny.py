@@ -26,11 +26,15 @@ def get_config():
                lr=1e-3)
   # Replaced, not merged into base's default mix.
   c.sft.mix = dict(expert=0.6, comply_all=0.5, follow_injection=0.5)
-  # RL: G=4, four tasks per step (16 episodes), a higher learning rate than a
-  # real model's and a small KL weight, so ~30 steps can move the policy.
-  c.optimizer.update(lr=1e-3, warmup_steps=3)
-  c.rl.update(steps=30, group_size=4, tasks_per_step=4, kl_beta=0.01,
-              microbatch=8, chunk_size=128)
+  # RL: G=4, four tasks per step (16 episodes), every sequence weighted
+  # equally (sequence-mean-token-mean; with token-mean the long acting
+  # episodes outweigh the short refusals), and the largest learning rate
+  # that stayed stable: at 1e-3 the policy drifts (KL 1.5 after 30 steps)
+  # and stops refusing anything (docs/training.md, "Tiny MOSAIC runs").
+  c.optimizer.update(lr=5e-4, warmup_steps=3)
+  c.rl.update(steps=30, group_size=4, tasks_per_step=4, kl_beta=0.04,
+              aggregation="sequence-mean-token-mean", microbatch=8,
+              chunk_size=128)
   c.checkpoint.update(every=10, keep=2)
   # 48 held-out tasks (15 harmful, 13 injection, 12 benign, 8 privacy),
   # greedy, in one rollout: the full split (302) costs ~6x more per
