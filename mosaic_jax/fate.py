@@ -101,9 +101,10 @@ class FateConfig:
     require_improvement: store a* only when it beats the failure.
     improvement: what "beats" means (`improves`): "dominates" (a* Pareto-
       dominates the failure) or "r_pf" (also a trade that is not dominated
-      and has the higher R_pf). "r_pf" lets a short refusal of a benign task
-      replace a failed, invalid attempt (it trades no_over_refusal for
-      validity and wins on length), which taught the tiny run to over-refuse.
+      and has the higher R_pf). "r_pf" would let a short refusal of a benign
+      task replace a failed, invalid attempt (it trades no_over_refusal for
+      validity and wins on length); on the tiny run both rules kept the same
+      repairs.
     buffer_size: replay buffer capacity (FIFO eviction).
     conditioning: context of the SFT examples: task | repair | both.
     reward: pareto | scalar (the scalarised baseline).
