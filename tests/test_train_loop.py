@@ -289,8 +289,10 @@ def _env(cache_dir, fault=None):
 
 
 def _run(command, cache_dir, fault=None):
+  # A run takes 10-40 s of CPU; the limit leaves room for a shared machine
+  # whose load slows it tenfold.
   return subprocess.run(command, cwd=ROOT, env=_env(cache_dir, fault),
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=1200)
 
 
 def _fault_plan(seed):
