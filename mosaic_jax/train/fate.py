@@ -26,8 +26,8 @@ Both PFPO parts share one AdamW state at `optimizer.lr`, scheduled over all
 rounds' steps. A checkpoint is written after every round (the train state;
 as JSON the phase, the round, both task iterators and the replay buffer), so
 a restart resumes at the next round; SIGTERM likewise takes effect at the end
-of the round in progress (`mosaic_jax.train.faults`). Single process: the PFPO batch is built
-from one process's rollout.
+of the round in progress (`mosaic_jax.train.faults`). Single process: the
+PFPO batch is built from one process's rollout.
 """
 from __future__ import annotations
 

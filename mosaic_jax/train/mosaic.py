@@ -692,8 +692,9 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
     r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=total_steps,
                                          initial_step=step)
     if r.main:
-      print(f"workdir: {r.workdir} ({'resumed at step ' + str(step) if resumed else 'fresh'}); "
-            f"{len(r.eval_tasks)} held-out tasks", flush=True)
+      start = f"resumed at step {step}" if resumed else "fresh"
+      print(f"workdir: {r.workdir} ({start}); {len(r.eval_tasks)} held-out "
+            "tasks", flush=True)
     if extra.get("phase", "sft") == "sft":
       state = r.sft(state, extra)
       extra = {}

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import jax
 import ml_collections
 
-from mosaic_jax import judge as judge_lib, losses, sharding
+from mosaic_jax import fate as fate_lib, judge as judge_lib, losses, sharding
 from mosaic_jax.agent import parse
 from mosaic_jax.envs import scripted
 from mosaic_jax.models import presets
@@ -233,8 +233,6 @@ def value_problems(config: ml_collections.ConfigDict,
   except ValueError as e:
     p.append(f"mesh: {e}")
   if "fate" in config and config.get("method", "mosaic") == "fate":
-    # Imported here: the FATE module pulls in the rollout engine's users.
-    from mosaic_jax import fate as fate_lib  # pylint: disable=import-outside-toplevel
     try:
       fate_lib.FateConfig.from_config(config.fate)
     except ValueError as e:
