@@ -41,11 +41,63 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...],
   return nnx.Param(value.astype(dtype), logical_axes=axes)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-  """RMSNorm in float32, cast back to x's dtype, then scaled (no 1+w)."""
+  """RMSNorm in float32, cast back to x's dtype, then scaled (no 1+w).
+
+  A custom VJP keeps only x and one float per row for the backward pass;
+  plain autodiff kept the float32 copy of x, the normalised x and their
+  products: several [B, T, D] arrays per norm and layer.
+  """
+  return _rms_norm_fwd(x, weight, eps)[0]
+
+
+def _rms_norm_fwd(x, weight, eps):
   x32 = x.astype(jnp.float32)
-  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return weight.astype(x.dtype) * normed.astype(x.dtype)
+  inv = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  out = weight.astype(x.dtype) * (x32 * inv).astype(x.dtype)
+  return out, (x, weight, inv)
+
+
+def _rms_norm_bwd(eps, res, g):
+  del eps  # inv already holds its effect.
+  x, weight, inv = res
+  normed = x.astype(jnp.float32) * inv
+  g = g.astype(jnp.float32)
+  d_weight = jnp.sum(g * normed, axis=tuple(range(x.ndim - 1)))
+  d_normed = g * weight.astype(jnp.float32)
+  # d(x · inv(x)) / dx applied to d_normed: inv · (dn − n · mean(dn · n)).
+  dx = inv * (d_normed - normed * jnp.mean(d_normed * normed, axis=-1,
+                                           keepdims=True))
+  return dx.astype(x.dtype), d_weight.astype(weight.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+@jax.custom_vjp
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+  """silu(gate) · up, keeping only gate and up for the backward pass.
+
+  Plain autodiff also kept sigmoid(gate), silu(gate) and their products with
+  up: four more [B, T, F] arrays per layer, the largest activations of the
+  step, for an elementwise op the backward pass recomputes in one fusion.
+  """
+  return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+  return jax.nn.silu(gate) * up, (gate, up)
+
+
+def _swiglu_bwd(res, g):
+  gate, up = res
+  sig = jax.nn.sigmoid(gate)
+  # silu'(x) = σ(x) · (1 + x · (1 − σ(x))).
+  return g * up * (sig * (1 + gate * (1 - sig))), g * gate * sig
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 @flax.struct.dataclass
@@ -292,7 +344,7 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   h = rms_norm(x, p["mlp_norm_ld"], cfg.norm_eps)
   gate = _token_einsum("md,df->mf", h, w("w_gate_ldf"))
   up = _token_einsum("md,df->mf", h, w("w_up_ldf"))
-  act = sharding.constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+  act = sharding.constrain(_swiglu(gate, up), ("batch", "length", "mlp"))
   x = x + _token_einsum("mf,fd->md", act, w("w_down_lfd"))
   return sharding.constrain(x, ("batch", "length", "embed")), (k_all, v_all)
 
