@@ -1,0 +1,443 @@
+"""What the notebooks in colabs/ share: switches, sizes, runs, plots.
+
+Notebook code, not library code: each notebook imports it from its own
+folder (its working directory). Runs go through the public entry points
+(`mosaic_jax.train.mosaic.run`, `mosaic_jax.train.fate.run`) and are read
+back from what they write (`report.json`, `metrics.jsonl`, checkpoints).
+
+Environment switches (the tests set them; a person usually does not):
+  MOSAIC_NOTEBOOK_SMOKE=1   tiny step counts and evaluations ("smoke" sizes);
+  MOSAIC_NOTEBOOK_ROOT=DIR  where runs are written (default
+                            /tmp/mosaic_colabs).
+"""
+from __future__ import annotations
+
+import copy
+import html
+import importlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# `configs/` is a folder of the repository, not an installed package.
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from IPython.display import Markdown, display
+
+from mosaic_jax import fate as fate_lib, pareto
+from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
+                                      Refusal, ToolCall)
+from mosaic_jax.agent.tokenizer import TINY_TOKENIZER_DIR
+from mosaic_jax.envs.verifiers import OBJECTIVES
+from mosaic_jax.models import presets
+from mosaic_jax.train import fate as fate_train, metrics as metrics_lib
+from mosaic_jax.train import mosaic
+
+SMOKE = os.environ.get("MOSAIC_NOTEBOOK_SMOKE") == "1"
+ROOT = pathlib.Path(os.environ.get("MOSAIC_NOTEBOOK_ROOT",
+                                   "/tmp/mosaic_colabs"))
+REPORT_COLUMNS = (*mosaic.REPORT_METRICS, "validity", "safety_thoughts_share")
+# Every run builds its train steps and rollouts afresh (new jitted
+# functions), and arms share shapes: with a persistent cache, XLA compiles
+# each program once, however short its compile.
+jax.config.update("jax_compilation_cache_dir", str(ROOT / "jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+# Run sizes per runtime, as flattened config overrides. "smoke" is what the
+# tests execute (every cell, in seconds); "cpu" is the config as committed
+# (configs/tiny.py: sized for a 2-core CPU), FATE a little smaller;
+# "accelerator" is a Colab GPU/TPU runtime.
+SIZES = {
+    "smoke": {
+        "sft.steps": 2, "sft.batch": 2, "sft.microbatch": 2,
+        "rollout.max_turns": 2, "rollout.max_tokens_per_turn": 32,
+        "rollout.max_total_length": 512,
+        "rl.steps": 1, "rl.microbatch": 8,
+        "eval.max_tasks": 2, "eval.batch": 2, "eval.every": 0,
+        "checkpoint.every": 1000,
+    },
+    "cpu": {},
+    "accelerator": {
+        "sft.batch": 32, "sft.microbatch": 32, "rl.steps": 100,
+        "rl.microbatch": 32, "eval.max_tasks": 0, "eval.batch": 64,
+        "eval.every": 25, "checkpoint.every": 25,
+    },
+}
+# Episodes per RL step. Group-size arms play EPISODES // G tasks, so every
+# arm samples, trains on (and compiles for) the same number of rows.
+EPISODES = {"smoke": 8, "cpu": 8, "accelerator": 32}
+FATE_SIZES = {
+    "smoke": {"fate.rounds": 1, "fate.tasks_per_round": 2,
+              "fate.sft_steps": 1, "fate.sft_batch": 2, "fate.pg_steps": 1,
+              "fate.transcript_tokens": 64, "fate.prompt_extra_tokens": 256,
+              "fate.sft_max_len": 768, "rl.tasks_per_step": 2,
+              "rl.group_size": 2, "rl.microbatch": 4},
+    # Two rounds of 8 tasks (configs/fate_tiny.py's 4 x 16 would take each
+    # of the six arms ~15 min on 2 cores).
+    "cpu": {"fate.rounds": 2, "fate.tasks_per_round": 8, "fate.sft_steps": 4,
+            "fate.pg_steps": 2},
+    "accelerator": {"fate.rounds": 10, "fate.tasks_per_round": 32,
+                    "fate.sft_batch": 32, "fate.pg_steps": 8,
+                    "rl.tasks_per_step": 8},
+}
+
+
+def size_name(runtime: str) -> str:
+  """The SIZES key in force: "smoke" under the test flag, else `runtime`."""
+  if runtime not in SIZES:
+    raise ValueError(f"unknown RUNTIME {runtime!r}; expected one of "
+                     f"{sorted(set(SIZES) - {'smoke'})}")
+  return "smoke" if SMOKE else runtime
+
+
+def default_warm_start() -> str:
+  """The committed tiny base checkpoint (HF safetensors and tokenizer, built
+  by experiments/build_tiny_base.py) when it is there, else "" (random
+  init)."""
+  base = presets.TINY_BASE_DIR
+  return str(base) if (base / "config.json").is_file() else ""
+
+
+def load_config(name: str, overrides: Mapping[str, Any] = ()
+                ) -> ml_collections.ConfigDict:
+  """`configs/<name>.py`'s config with flattened `overrides` applied."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.update_from_flattened_dict(dict(overrides))
+  # One dataset build shared by every run of every notebook.
+  config.data.data_dir = str(ROOT / "data")
+  return config
+
+
+def variant(config: ml_collections.ConfigDict,
+            overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with flattened `overrides` applied."""
+  config = copy.deepcopy(config)
+  config.update_from_flattened_dict(dict(overrides))
+  return config
+
+
+def _config_json(config: ml_collections.ConfigDict) -> Any:
+  return json.loads(config.to_json_best_effort())
+
+
+# The sections that decide the `before` evaluation (the warm start on the
+# held-out tasks): runs equal in all of them evaluate it identically.
+_BEFORE_SECTIONS = ("seed", "model", "tokenizer", "data", "sft", "rollout",
+                    "eval")
+
+
+def _before_key(config: ml_collections.ConfigDict) -> str:
+  data = _config_json(config)
+  return json.dumps({k: data.get(k) for k in _BEFORE_SECTIONS},
+                    sort_keys=True)
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+        before: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Runs the config's job (MOSAIC or FATE) in `workdir`; its report.
+
+  A finished run of the same config is read back, an interrupted one
+  resumed (the loops resume from their newest checkpoint); a workdir left
+  by another config is cleared first (resuming would mix the two).
+  `before`: the `before` evaluation of an equal warm start, written to the
+  workdir's `eval_before.json`, which the run reads back instead of
+  evaluating again (as a resumed run does).
+  """
+  config.workdir = str(workdir)
+  wanted = _config_json(config)
+  report_path = workdir / mosaic.REPORT_FILE
+  if report_path.is_file():
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if report["config"] == wanted:
+      return report
+  marker = workdir / "notebook_config.json"
+  if workdir.exists() and not (marker.is_file() and json.loads(
+      marker.read_text(encoding="utf-8")) == wanted):
+    shutil.rmtree(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  marker.write_text(json.dumps(wanted), encoding="utf-8")
+  before_path = workdir / mosaic.BEFORE_FILE
+  if before is not None and not before_path.exists():
+    before_path.write_text(json.dumps(before), encoding="utf-8")
+  job = fate_train.run if config.get("method") == "fate" else mosaic.run
+  return job(config)
+
+
+def run_arms(base: ml_collections.ConfigDict, baseline: Mapping[str, Any],
+             arms: Mapping[str, Mapping[str, Any]], root: pathlib.Path
+             ) -> tuple[dict[str, dict[str, Any]], dict[str, pathlib.Path],
+                        dict[str, float]]:
+  """Runs each arm (`base` + `baseline` + the arm's overrides) in
+  `root/<arm>`; returns (reports, workdirs, wall minutes) by arm.
+
+  Arms whose warm start and evaluation settings are equal share one `before`
+  evaluation (the first such arm's).
+  """
+  reports, workdirs, minutes = {}, {}, {}
+  befores: dict[str, Any] = {}
+  for name, overrides in arms.items():
+    start = time.perf_counter()
+    config = variant(base, {**baseline, **overrides})
+    workdirs[name] = root / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+    key = _before_key(config)
+    reports[name] = run(config, workdirs[name], befores.get(key))
+    befores.setdefault(key, reports[name]["before"])
+    minutes[name] = round((time.perf_counter() - start) / 60, 2)
+    print(f"{name}: {minutes[name]} min", flush=True)
+  return reports, workdirs, minutes
+
+
+def prepare_warm_start(config: ml_collections.ConfigDict, warm_start: str,
+                       workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """`config` set so that every arm starts from one shared warm start.
+
+  The config's SFT warm-up (`sft.steps`) runs once, in `workdir`, from
+  `warm_start` (an HF or orbax model directory; "" = the preset at random
+  init); its SFT policy (`workdir/reference`, orbax) becomes every arm's
+  model, and the arms run no SFT of their own. With `sft.steps = 0`,
+  `warm_start` itself is that model.
+  """
+  config = variant(config, {"model.path": warm_start})
+  if config.sft.steps:
+    sft_only = variant(config, {"rl.steps": 0})
+    if "method" in sft_only:
+      sft_only.method = "mosaic"
+    run(sft_only, workdir)
+    # The orbax reference holds no tokenizer: keep the one the SFT used.
+    config.tokenizer = (config.tokenizer or warm_start or
+                        str(TINY_TOKENIZER_DIR))
+    config.model.path = str(workdir / mosaic.REFERENCE_DIR)
+    config.sft.steps = 0
+  return config
+
+
+def read_metrics(workdir: pathlib.Path | str
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """metrics.jsonl as name -> (steps [n], values [n]), in file order."""
+  series: dict[str, tuple[list[int], list[float]]] = {}
+  path = pathlib.Path(workdir) / metrics_lib.METRICS_FILE
+  for line in path.read_text(encoding="utf-8").splitlines():
+    row = json.loads(line)
+    step = row.pop("step")
+    for name, value in row.items():
+      steps, values = series.setdefault(name, ([], []))
+      steps.append(step)
+      values.append(value)
+  return {k: (np.asarray(s), np.asarray(v, np.float64))
+          for k, (s, v) in series.items()}
+
+
+def plot_curves(runs: Mapping[str, pathlib.Path], names: Sequence[str],
+                axes: Sequence[Any], title: str = "") -> None:
+  """One panel per metric name, one line per run (x: training step)."""
+  for ax, name in zip(axes, names):
+    for label, workdir in runs.items():
+      steps, values = read_metrics(workdir).get(name, ((), ()))
+      ax.plot(steps, values, marker="o", ms=3, label=label)
+    ax.set_title(f"{title}: {name}" if title else name, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+  axes[0].legend(fontsize=7)
+
+
+def _cell(value: Any) -> str:
+  if value is None:
+    return "–"
+  return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Any]],
+                   columns: Sequence[str]) -> str:
+  """A Markdown table: one row per key of `rows`, the given columns."""
+  lines = ["| | " + " | ".join(columns) + " |",
+           "|---" * (len(columns) + 1) + "|"]
+  for label, row in rows.items():
+    lines.append(f"| {label} | " +
+                 " | ".join(_cell(row.get(c)) for c in columns) + " |")
+  return "\n".join(lines)
+
+
+def show_table(rows: Mapping[str, Mapping[str, Any]],
+               columns: Sequence[str]) -> None:
+  display(Markdown(markdown_table(rows, columns)))
+
+
+def heldout_rows(reports: Mapping[str, Mapping[str, Any]]
+                 ) -> dict[str, dict[str, Any]]:
+  """Rows of the held-out table: the warm start (`before`), then each run's
+  `after`. Runs whose evaluation differs (e.g. another stop string) add
+  their own warm-start row."""
+  rows: dict[str, dict[str, Any]] = {}
+  seen: list[dict[str, Any]] = []
+  for label, report in reports.items():
+    before = {c: report["before"].get(c) for c in REPORT_COLUMNS}
+    if before not in seen:
+      seen.append(before)
+      rows["warm start" if len(seen) == 1 else
+           f"warm start ({label})"] = before
+    rows[label] = {c: report["after"].get(c) for c in REPORT_COLUMNS}
+  return rows
+
+
+def plot_heldout(reports: Mapping[str, Mapping[str, Any]], ax: Any,
+                 metrics: Sequence[str] = REPORT_COLUMNS[:-1]) -> None:
+  """Grouped bars of each run's `after` value per metric; a black tick marks
+  the warm start (`before`). Missing values (empty populations) are 0."""
+  width = 0.8 / max(len(reports), 1)
+  x = np.arange(len(metrics))
+  for k, (label, report) in enumerate(reports.items()):
+    after = [report["after"].get(m) or 0.0 for m in metrics]
+    ax.bar(x + k * width, after, width, label=label)
+    before = [report["before"].get(m) or 0.0 for m in metrics]
+    ax.scatter(x + k * width, before, marker="_", color="k", s=60, zorder=3)
+  ax.set_xticks(x + 0.4 - width / 2, metrics, rotation=20, fontsize=8)
+  ax.set_ylim(0, 1.05)
+  ax.set_title("held-out after RL (bars) vs warm start (ticks)", fontsize=9)
+  ax.legend(fontsize=7, ncol=2)
+
+
+# ------------------------------------------------------------------- FATE --
+
+
+def replay_buffer(workdir: pathlib.Path | str) -> list[fate_lib.BufferEntry]:
+  """The replay buffer of a FATE run's newest checkpoint (oldest first)."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints",
+                                  item_names=("state", "extra"))
+  step = manager.latest_step()
+  if step is None:
+    return []
+  extra = manager.restore(step, args=ocp.args.Composite(
+      extra=ocp.args.JsonRestore()))["extra"]
+  manager.close()
+  if "buffer" not in extra:
+    return []
+  return fate_lib.ReplayBuffer.from_json(extra["buffer"]).entries
+
+
+def front_by_round(entries: Sequence[fate_lib.BufferEntry], rounds: int,
+                   axes: tuple[int, int]) -> list[dict[str, np.ndarray]]:
+  """Per round r, the repairs kept up to r and their front on two objectives.
+
+  Returns:
+    One dict per round: `points` `[n, 2]` the kept a*'s objectives `axes`,
+    `front` `[f, 2]` the non-dominated ones among them sorted by the first
+    axis, `failures` `[n, 2]` the repaired failures' objectives, and
+    `hypervolume` of all kept a* in the 4 objectives (reference 0).
+  """
+  out = []
+  for r in range(rounds):
+    kept = [e for e in entries if e.round <= r]
+    z = np.asarray([e.z for e in kept], np.float32).reshape(-1, 4)
+    failures = np.asarray([e.failure_z for e in kept],
+                          np.float32).reshape(-1, 4)
+    points = z[:, list(axes)]
+    if len(points):
+      rank = np.asarray(pareto.non_dominated_sort(points))
+      front = np.unique(points[rank == 0], axis=0)
+      volume = float(pareto.hypervolume(z, np.zeros(4, np.float32)))
+    else:
+      front, volume = np.zeros((0, 2), np.float32), 0.0
+    out.append({"points": points, "front": front,
+                "failures": failures[:, list(axes)], "hypervolume": volume})
+  return out
+
+
+def plot_fronts(buffers: Mapping[str, Sequence[fate_lib.BufferEntry]],
+                rounds: int, axes: tuple[str, str] = ("security", "utility")
+                ) -> Any:
+  """Rows: runs; columns: rounds. Kept repairs (dots, area ~ count), the
+  failures they repaired (grey crosses) and the front of the repairs so far
+  (line) in the plane of two objectives. Returns the figure."""
+  index = tuple(OBJECTIVES.index(a) for a in axes)
+  fig, grid = plt.subplots(len(buffers), rounds, squeeze=False,
+                           figsize=(2.6 * rounds + 1, 2.4 * len(buffers)))
+  for row, (label, entries) in zip(grid, buffers.items()):
+    for r, (ax, data) in enumerate(zip(row, front_by_round(entries, rounds,
+                                                           index))):
+      for key, style in (("failures", dict(marker="x", color="0.6")),
+                         ("points", dict(marker="o", color="C0"))):
+        if len(data[key]):
+          values, counts = np.unique(data[key], axis=0, return_counts=True)
+          ax.scatter(values[:, 0], values[:, 1], s=12 * counts, **style)
+      if len(data["front"]):
+        ax.step(data["front"][:, 0], data["front"][:, 1], where="post",
+                color="C3")
+      else:
+        ax.text(0.5, 0.5, "no repair kept", ha="center", fontsize=8)
+      ax.set(xlim=(-0.1, 1.1), ylim=(-0.1, 1.1))
+      ax.set_title(f"{label}, round {r + 1}: HV {data['hypervolume']:.2f}",
+                   fontsize=8)
+      ax.set_xlabel(axes[0], fontsize=7)
+      ax.set_ylabel(axes[1], fontsize=7)
+      ax.tick_params(labelsize=6)
+  fig.tight_layout()
+  return fig
+
+
+# ------------------------------------------------------------ transcripts --
+
+_COLOURS = {"plan": "#dbeafe", "safety": "#fde68a", "call": "#bbf7d0",
+            "refusal": "#fecaca", "answer": "#e9d5ff", "invalid": "#fca5a5",
+            "tool": "#f3f4f6", "user": "#ffffff"}
+
+
+def _box(kind: str, label: str, text: str) -> str:
+  return (f'<div style="background:{_COLOURS[kind]};margin:2px 0;'
+          f'padding:4px 8px;border-radius:4px;font-family:monospace;'
+          f'white-space:pre-wrap;font-size:12px"><b>{label}</b>\n'
+          f"{html.escape(text)}</div>")
+
+
+def _turn_boxes(turn: ParsedTurn, raw: str) -> list[str]:
+  boxes = []
+  if turn.plan is not None:
+    boxes.append(_box("plan", "plan &lt;think&gt;", turn.plan))
+  if turn.safety_thoughts is not None:
+    boxes.append(_box("safety", "safety check &lt;safety_thoughts&gt;",
+                      turn.safety_thoughts))
+  action = turn.action
+  if isinstance(action, ToolCall):
+    boxes.append(_box("call", f"action: call {html.escape(action.name)}",
+                      json.dumps(dict(action.arguments), ensure_ascii=False)))
+  elif isinstance(action, Refusal):
+    boxes.append(_box("refusal", "action: refuse", action.reason))
+  elif isinstance(action, Answer):
+    boxes.append(_box("answer", "action: final answer", action.text))
+  elif isinstance(action, InvalidAction):
+    boxes.append(_box("invalid", f"invalid turn: {html.escape(action.reason)}",
+                      raw))
+  return boxes
+
+
+def transcript_html(info: Any, max_observation: int = 600) -> str:
+  """An episode (`rollout.EpisodeInfo`) as HTML: the request, then each turn's
+  plan, safety check and action in their own colours, then the tool result."""
+  record = info.record
+  parts = [f"<p><b>{html.escape(record.task.task_id)}</b> "
+           f"({html.escape(record.policy)}), z = "
+           + ", ".join(f"{n} {v:g}" for n, v in zip(OBJECTIVES, record.z))
+           + f", ended: {html.escape(info.end_reason)}</p>",
+           _box("user", "user", record.task.prompt)]
+  for k, (turn, raw) in enumerate(zip(record.turns, info.texts)):
+    parts.append(f"<p style='margin:6px 0 0'><b>turn {k + 1}</b></p>")
+    parts += _turn_boxes(turn, raw)
+    if k < len(info.observations) and not (
+        k == len(record.turns) - 1 and info.end_reason == "terminal"):
+      obs = info.observations[k]
+      if len(obs) > max_observation:
+        obs = obs[:max_observation] + " [...]"
+      parts.append(_box("tool", "tool result", obs))
+  return "\n".join(parts)

@@ -1,0 +1,179 @@
+"""The colabs/ notebooks: every cell runs (smoke sizes) and their helpers.
+
+Each notebook executes top to bottom in a fresh kernel with
+`MOSAIC_NOTEBOOK_SMOKE=1` (tiny step counts, see `colabs/common.py`), on one
+CPU device, writing its runs under the test's tmp_path; a failing cell fails
+the test with the cell's error.
+"""
+import json
+import os
+import pathlib
+import sys
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
+                                      Refusal, ToolCall)
+
+COLABS = pathlib.Path(__file__).resolve().parent.parent / "colabs"
+NOTEBOOKS = sorted(p.name for p in COLABS.glob("*.ipynb"))
+
+sys.path.insert(0, str(COLABS))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_the_four_notebooks_are_there():
+  assert NOTEBOOKS == ["01_agent_loop.ipynb", "02_mosaic_ablations.ipynb",
+                       "03_fate_ablations.ipynb",
+                       "04_losses_from_your_code.ipynb"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_saved_without_outputs(name):
+  nb = nbformat.read(COLABS / name, as_version=4)
+  nbformat.validate(nb)
+  for cell in nb.cells:
+    if cell.cell_type == "code":
+      assert cell.outputs == [] and cell.execution_count is None, name
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, tmp_path):
+  nb = nbformat.read(COLABS / name, as_version=4)
+  env = dict(os.environ, MOSAIC_NOTEBOOK_SMOKE="1",
+             MOSAIC_NOTEBOOK_ROOT=str(tmp_path))
+  # One device, as a notebook user on a CPU has (the suite simulates 8).
+  env.pop("XLA_FLAGS", None)
+  # The kernel's own inline backend (Agg-rendered PNGs in the outputs).
+  env.pop("MPLBACKEND", None)
+  client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(COLABS)}})
+  client.execute(env=env)
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if o.output_type == "error"]
+  assert not errors
+  # Every notebook ends in a plot (the ablations also in a table).
+  last = [o for c in nb.cells[-2:] if c.cell_type == "code"
+          for o in c.outputs]
+  assert any("image/png" in o.get("data", {}) for o in last), name
+
+
+# ------------------------------------------------------------------ helpers --
+
+
+def test_read_metrics_and_markdown_table(tmp_path):
+  lines = [{"step": 1, "rl/kl": 0.5, "rl/loss": 2.0},
+           {"step": 1, "time/rl/step_s": 3.0},
+           {"step": 2, "rl/kl": 0.25}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(l) + "\n" for l in lines))
+  metrics = common.read_metrics(tmp_path)
+  np.testing.assert_array_equal(metrics["rl/kl"][0], [1, 2])
+  np.testing.assert_array_equal(metrics["rl/kl"][1], [0.5, 0.25])
+  np.testing.assert_array_equal(metrics["rl/loss"][1], [2.0])
+  assert common.markdown_table({"a": {"x": 0.5, "y": None}}, ["x", "y"]) == (
+      "| | x | y |\n|---|---|---|\n| a | 0.500 | – |")
+
+
+def test_heldout_rows_add_a_warm_start_row_per_distinct_evaluation():
+  def report(before, after):
+    return {"before": {"utility": before, "wall_s": 1.0},
+            "after": {"utility": after}}
+  rows = common.heldout_rows({"a": report(0.5, 0.75), "b": report(0.5, 0.25),
+                              "c": report(0.0, 1.0)})
+  assert list(rows) == ["warm start", "a", "b", "warm start (c)", "c"]
+  assert [r["utility"] for r in rows.values()] == [0.5, 0.75, 0.25, 0.0, 1.0]
+
+
+def _entry(z, failure_z, round_index):
+  from mosaic_jax import fate  # pylint: disable=g-import-not-at-top
+  return fate.BufferEntry(task_id=f"t{round_index}{z}", task_prompt="p",
+                          repair_prompt="r", turns=("x",), observations=(),
+                          z=z, r_pf=sum(z), failure_z=failure_z,
+                          round=round_index)
+
+
+def test_front_by_round_accumulates_kept_repairs():
+  entries = [_entry((1, 0.5, 1, 1), (0, 0.5, 1, 1), 0),
+             _entry((0, 1, 1, 1), (0, 0, 1, 0), 0),
+             _entry((1, 1, 1, 1), (1, 0, 1, 1), 2)]
+  rounds = common.front_by_round(entries, 3, (0, 1))
+  assert [len(r["points"]) for r in rounds] == [2, 2, 3]
+  # Round 1: neither of (1, .5) and (0, 1) dominates the other.
+  np.testing.assert_array_equal(rounds[0]["front"], [[0, 1], [1, 0.5]])
+  np.testing.assert_array_equal(rounds[0]["failures"], [[0, 0.5], [0, 0]])
+  # Round 3: (1, 1) dominates both.
+  np.testing.assert_array_equal(rounds[2]["front"], [[1, 1]])
+  # Boxes [0, z] in 4-D: (1,.5,1,1) ∪ (0,1,1,1) = 0.5 (the second is flat).
+  assert rounds[0]["hypervolume"] == pytest.approx(0.5)
+  assert rounds[2]["hypervolume"] == pytest.approx(1.0)
+  assert common.front_by_round([], 1, (0, 1))[0]["hypervolume"] == 0.0
+
+
+def test_transcript_html_highlights_each_part():
+
+  class Info:  # the fields of rollout.EpisodeInfo that are read
+    end_reason = "terminal"
+    texts = ("t1", "<tool_call>\nbroken", "t3")
+    observations = ("result <1>", "error: invalid turn", "done")
+
+    class record:  # pylint: disable=invalid-name
+      policy = "expert"
+      z = np.array([1.0, 0.5, 1.0, 0.0])
+      turns = (ParsedTurn(ToolCall("send", {"to": "a&b"}), plan="p1",
+                          safety_thoughts="risky?"),
+               ParsedTurn(InvalidAction("unterminated <tool_call>")),
+               ParsedTurn(Refusal("no")))
+
+      class task:  # pylint: disable=invalid-name
+        task_id = "drive/injection/x"
+        prompt = "do <it>"
+
+  text = common.transcript_html(Info)
+  for part in ("plan &lt;think&gt;</b>\np1",
+               "safety check &lt;safety_thoughts&gt;</b>\nrisky?",
+               "action: call send</b>\n{&quot;to&quot;: &quot;a&amp;b&quot;}",
+               "action: refuse</b>\nno",
+               "invalid turn: unterminated &lt;tool_call&gt;</b>\n"
+               "&lt;tool_call&gt;\nbroken",
+               "do &lt;it&gt;", "result &lt;1&gt;",
+               "security 1, utility 0.5, no_over_refusal 1, validity 0"):
+    assert part in text, part
+  # Nothing follows a terminal last turn.
+  assert "done" not in text
+  answer = common.transcript_html(type("I", (Info,), {
+      "record": type("R", (Info.record,), {
+          "turns": (ParsedTurn(Answer("all set")),)})}))
+  assert "action: final answer</b>\nall set" in answer
+
+
+def test_run_reads_back_resumes_or_clears(tmp_path, monkeypatch):
+  calls = []
+
+  def job(config):
+    workdir = pathlib.Path(config.workdir)
+    calls.append(sorted(p.name for p in workdir.iterdir()))
+    report = {"before": {}, "after": {}, "config": json.loads(
+        config.to_json_best_effort())}
+    if config.rl.steps != 3:  # 3 stands for a run that is interrupted
+      (workdir / "report.json").write_text(json.dumps(report))
+    return report
+
+  monkeypatch.setattr(common.mosaic, "run", job)
+  config = common.load_config("tiny", {"rl.steps": 1})
+  workdir = tmp_path / "arm"
+  common.run(config, workdir, before={"utility": 0.5})
+  assert calls == [["eval_before.json", "notebook_config.json"]]
+  assert json.loads((workdir / "eval_before.json").read_text()) == {
+      "utility": 0.5}
+  common.run(config, workdir)  # finished, same config: read back
+  assert len(calls) == 1
+  interrupted = common.variant(config, {"rl.steps": 3})
+  common.run(interrupted, workdir)  # another config: cleared first
+  assert calls[-1] == ["notebook_config.json"]
+  (workdir / "checkpoints").mkdir()
+  common.run(interrupted, workdir)  # same config, unfinished: resumed
+  assert calls[-1] == ["checkpoints", "notebook_config.json"]
