@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from mosaic_jax import losses
-from mosaic_jax.models import init_model, presets
+from mosaic_jax.models import decoder, init_model, presets
 from mosaic_jax.train import state as state_lib
 from mosaic_jax.train import steps
 
@@ -139,3 +139,50 @@ def test_chunked_logprob_gradient_memory_shrinks_by_the_chunk_count():
   temp = lambda fn: _logprob_grads(fn, hidden, unembed, weights).lower(
       hidden, unembed).compile().memory_analysis().temp_size_in_bytes
   assert temp(plain) >= (t // chunk) * temp(chunked)
+
+
+def test_block_causal_attention_equals_masked_attention(monkeypatch):
+  # Blocks of 4 over T = 13 (a short last block), left padding: the training
+  # path (q_slot None) against the cache path's masked attention, on the
+  # real positions where the loss can reach.
+  monkeypatch.setattr(decoder, "_QUERY_BLOCK", 4)
+  rng = np.random.default_rng(1)
+  b, t, n, k, h = 2, 13, 4, 2, 8
+  q = jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32)
+  kv = [jnp.asarray(rng.normal(size=(b, t, k, h)), jnp.float32)
+        for _ in range(2)]
+  valid = jnp.asarray(np.arange(t)[None, :] >= np.array([[0], [5]]))
+  weights = jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32)
+  weights = weights * valid[:, :, None, None]
+  cfg = CFG.replace(num_heads=n, num_kv_heads=k, head_dim=h)
+
+  def loss(slot):
+    return lambda q, k, v: jnp.sum(
+        decoder._attention(cfg, q, k, v, slot, valid) * weights)
+
+  blocked, masked = (jax.jit(jax.value_and_grad(loss(slot), (0, 1, 2)))(
+      q, *kv) for slot in (None, jnp.arange(t)))
+  np.testing.assert_allclose(blocked[0], masked[0], rtol=1e-6)
+  for got, want in zip(blocked[1], masked[1]):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_norm_and_swiglu_vjps_equal_autodiff():
+  rng = np.random.default_rng(2)
+  x, gate, up = (jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
+                 for _ in range(3))
+  w = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
+
+  def plain_norm(x, w):
+    inv = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+    return w * (x * inv)
+
+  for ours, plain, args in (
+      (lambda x, w: decoder.rms_norm(x, w, 1e-6), plain_norm, (x, w)),
+      (decoder._swiglu, lambda a, u: jax.nn.silu(a) * u, (gate, up))):
+    np.testing.assert_allclose(ours(*args), plain(*args), rtol=1e-6)
+    got = jax.vjp(ours, *args)[1](g)
+    want = jax.vjp(plain, *args)[1](g)
+    for a, e in zip(got, want):
+      np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
