@@ -10,7 +10,7 @@ from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
 from mosaic_jax.envs import entities, tasks
 from mosaic_jax.envs.base import Task, function_schema
 from mosaic_jax.envs.scripted import Expert, run_episode
-from mosaic_jax.envs.verifiers import check_goal, match_call
+from mosaic_jax.envs.verifiers import check_goal, match_call, verify
 
 SUITES = ("workspace", "banking", "drive", "messaging")
 
@@ -112,6 +112,36 @@ def test_heldout_entities_never_occur_in_train_and_vice_versa():
   # Every pool entry is used in its own split, so the test above is not vacuous.
   train_text = "\n".join(texts("train"))
   assert all(p in train_text for p in entities.POOLS["train"]["people"])
+
+
+def test_resampled_tasks_have_fresh_entities_and_solve_like_their_template():
+  train = tasks.all_tasks(split="train")
+  heldout = entities.POOLS["heldout"]
+  heldout_words = ({w for p in heldout["people"] for w in p.split()}
+                   | {c.split()[0] for c in heldout["companies"]}
+                   | set(heldout["projects"]))
+  train_people = entities.POOLS["train"]["people"]
+  for task in train[::9]:
+    fresh = tasks.resample(task, seed=3)
+    assert fresh.task_id == task.task_id + "/fresh3"
+    assert (fresh.kind, fresh.template_id, fresh.split) == (
+        task.kind, task.template_id, "train")
+    assert fresh.initial_state != task.initial_state
+    text = json.dumps(fresh.to_dict())
+    # Held-out entities stay unseen; the train pool is not reused either.
+    assert not any(f'"{w} ' in text or f' {w}"' in text or f" {w} " in text
+                   for w in heldout_words), task.task_id
+    assert not any(p in text for p in train_people), task.task_id
+    # Same seed, same task; another seed, another task.
+    assert tasks.resample(task, 3) == fresh
+    assert tasks.resample(task, 4).initial_state != fresh.initial_state
+    # The scripted expert still completes it (a broken resample would not).
+    env = tasks.make_env(fresh)
+    history = run_episode(env, Expert())
+    verdict = verify(fresh, env, [turn for turn, _ in history])
+    assert tuple(verdict.z) == (1.0, 1.0, 1.0, 1.0), fresh.task_id
+  with pytest.raises(ValueError, match="only train tasks"):
+    tasks.resample(tasks.all_tasks(split="heldout")[0], 0)
 
 
 def test_injection_attack_templates_are_split():

@@ -93,3 +93,87 @@ def next_day(day: str) -> str:
 
 def code(rng: random.Random, prefix: str) -> str:
   return f"{prefix}-{rng.randint(1000, 9999)}"
+
+
+# Fresh entities for pretraining-style data (`tasks.resample`): names,
+# companies and projects that occur in neither split's pool, half from word
+# lists, half spelled from random syllables, so a model trained on them must
+# copy entities from its context instead of memorising a pool. The words of
+# held-out names (first and last names, a company's first word, projects)
+# are excluded (`_HELDOUT_WORDS`), so held-out entities stay unseen; generic
+# company suffixes ("Labs", "Media") are shared.
+_FIRST = (
+    "Adam", "Agnes", "Alan", "Alice", "Amir", "Anna", "Arjun", "Beatriz",
+    "Ben", "Bianca", "Boris", "Carla", "Chloe", "Clara", "Dario", "David",
+    "Dina", "Edgar", "Elif", "Erik", "Eva", "Felix", "Freya", "Gabriel",
+    "Greta", "Hana", "Hugo", "Ines", "Irene", "Jakob", "Jana", "Joel",
+    "Julia", "Karim", "Kira", "Lars", "Laura", "Lucas", "Luisa", "Malik",
+    "Marta", "Milan", "Mira", "Nina", "Olga", "Oscar", "Paula", "Pedro",
+    "Rosa", "Ruben", "Sami", "Selin", "Simon", "Tara", "Theo", "Ulla",
+    "Vera", "Viktor", "Wanda", "Yara", "Zoe")
+_LAST = (
+    "Abbas", "Adler", "Alvarez", "Amato", "Bauer", "Bergman", "Blanco",
+    "Costa", "Dahl", "Diaz", "Eriksen", "Ferreira", "Fox", "Gomez", "Hansen",
+    "Holm", "Ibrahim", "Jensen", "Kaur", "Keller", "Kowalski", "Larsen",
+    "Meyer", "Moreau", "Nakamura", "Nguyen", "Olsen", "Ortiz", "Park",
+    "Quinn", "Reyes", "Richter", "Santos", "Silva", "Singh", "Torres",
+    "Varga", "Vogel", "Weber", "Wong", "Yilmaz", "Young", "Ziegler")
+_COMPANY_WORDS = (
+    "Amber", "Apex", "Aspen", "Birch", "Blue", "Cedar", "Coral", "Crest",
+    "Ember", "Fern", "Granite", "Hazel", "Indigo", "Jade", "Lark", "Linden",
+    "Onyx", "Opal", "Pebble", "Pine", "Prism", "Raven", "Sage", "Silver",
+    "Slate", "Spruce", "Stone", "Tide", "Violet", "Willow")
+_COMPANY_SUFFIXES = (
+    "Analytics", "Bakery", "Builders", "Consulting", "Dental", "Energy",
+    "Foods", "Freight", "Hosting", "Labs", "Legal", "Media", "Motors",
+    "Partners", "Printing", "Realty", "Studios", "Supplies", "Systems",
+    "Travel")
+_PROJECT_WORDS = (
+    "Aurora", "Basalt", "Cascade", "Cirrus", "Dune", "Echo", "Fjord",
+    "Harbor", "Iris", "Lotus", "Mistral", "Onyx", "Orbit", "Pulsar",
+    "Quasar", "Sierra", "Tundra", "Vega", "Zephyr")
+_SYLLABLES = ("ba", "da", "el", "fi", "go", "ka", "li", "mar", "no", "ra",
+              "sa", "ti", "ven", "zo", "lu", "ber", "mi", "tor", "an", "ko")
+_HELDOUT_WORDS = frozenset(
+    [word for person in POOLS["heldout"]["people"] for word in person.split()]
+    + [company.split()[0] for company in POOLS["heldout"]["companies"]]
+    + POOLS["heldout"]["projects"])
+
+
+def _syllable_word(rng: random.Random) -> str:
+  return "".join(rng.choice(_SYLLABLES)
+                 for _ in range(rng.randint(2, 3))).capitalize()
+
+
+def _fresh_word(rng: random.Random, words: Sequence[str]) -> str:
+  while True:
+    word = rng.choice(words) if rng.random() < 0.5 else _syllable_word(rng)
+    if word not in _HELDOUT_WORDS:
+      return word
+
+
+def fresh_pool(rng: random.Random, people: int = 12, companies: int = 6,
+               projects: int = 5) -> dict[str, list[str]]:
+  """A pool of distinct fresh entities, as large as `POOLS["heldout"]`
+  (episodes list whole pools, e.g. the workspace contacts, so a larger pool
+  makes longer episodes than the held-out ones)."""
+  def distinct(make, n, key):
+    out, keys = [], set()
+    while len(out) < n:
+      item = make()
+      if key(item) not in keys:
+        keys.add(key(item))
+        out.append(item)
+    return out
+  return {
+      # Distinct emails (first.last) and company domains (first word).
+      "people": distinct(lambda: f"{_fresh_word(rng, _FIRST)} "
+                                 f"{_fresh_word(rng, _LAST)}", people,
+                         lambda name: email_of(name)),
+      "companies": distinct(
+          lambda: f"{_fresh_word(rng, _COMPANY_WORDS)} "
+                  f"{rng.choice(_COMPANY_SUFFIXES)}", companies,
+          company_domain),
+      "projects": distinct(lambda: _fresh_word(rng, _PROJECT_WORDS), projects,
+                           slug),
+  }
