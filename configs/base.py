@@ -57,7 +57,12 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       # Log-prob chunk (tokens): logits exist one [B, chunk, V] f32 piece at
       # a time. donate: the step reuses the state's buffers (docs/benchmarks.md).
       chunk_size=128, donate=True,
-      mix=dict(expert=0.6, comply_all=0.2, follow_injection=0.2)))
+      mix=dict(expert=0.6, comply_all=0.2, follow_injection=0.2),
+      # Replace each train task by a fresh one of its template with new
+      # entities (envs.tasks.resample), so SFT cannot memorise the pool's
+      # names and ids and has to learn to copy them (used to build the tiny
+      # base; real checkpoints can already copy).
+      fresh_entities=False))
   # MOSAIC RL (judge.make_judge, losses, train.steps.PGConfig). reward:
   # "pairwise" (judge wins + format bonus − length penalty) or "scalar"
   # (losses.scalar_rewards with scalar_weights over z, the paper's ablation).

@@ -233,6 +233,23 @@ def test_cli_rejects_a_config_file_typo_before_any_compute(tmp_path):
 # ------------------------------------------------------------- preemption --
 
 
+def test_resuming_with_a_changed_config_names_each_change(tmp_path):
+  config = tiny.get_config()
+  path = str(tmp_path / mosaic.RUN_CONFIG_FILE)
+  assert mosaic.config_changes(path, config) == []  # a fresh workdir
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(mosaic._flat_config(config), f)
+  assert mosaic.config_changes(path, config) == []
+  config.seed = 1
+  config.rl.reward = "scalar"
+  config.sft.mix = dict(expert=1.0)
+  changes = mosaic.config_changes(path, config)
+  assert changes == ["rl.reward: 'pairwise' -> 'scalar'", "seed: 0 -> 1",
+                     "sft.mix.comply_all: 0.5 -> '<absent>'",
+                     "sft.mix.expert: 0.6 -> 1.0",
+                     "sft.mix.follow_injection: 0.5 -> '<absent>'"]
+
+
 def test_sigterm_becomes_a_flag_and_the_handler_is_restored():
   previous = signal.getsignal(signal.SIGTERM)
   preemption = faults.Preemption()

@@ -50,6 +50,7 @@ from mosaic_jax import data as data_lib
 from mosaic_jax import distributed, judge as judge_lib, losses, sharding
 from mosaic_jax.agent.actions import InvalidAction
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
+from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.eval import builtin, report as report_lib
 from mosaic_jax.models import ModelConfig, convert, decoder, presets
@@ -74,6 +75,8 @@ EXTRA_METRICS = ("refusal_rate", "refusal_on_time", "utility_under_attack",
                  "safety_thoughts_share")
 REPORT_FILE = "report.json"
 BEFORE_FILE = "eval_before.json"
+# The flattened config of the run (a resumed run warns about what changed).
+RUN_CONFIG_FILE = "run_config.json"
 REFERENCE_DIR = "reference"
 # Metric names under this prefix are wall times: they differ between runs.
 TIME_PREFIX = "time/"
@@ -556,6 +559,9 @@ class Run:
       start = time.perf_counter()
       step += 1
       tasks = next(it)
+      if c.sft.fresh_entities:
+        tasks = [tasks_lib.resample(t, c.seed * 1_000_003 + step)
+                 for t in tasks]
       examples = sft_data.sft_examples(
           tasks, self.tokenizer, dict(c.sft.mix),
           seed=c.seed * 1_000_003 + step, max_len=c.sft.max_len,
@@ -641,6 +647,38 @@ class Run:
     return state, last_eval
 
 
+def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`{"section.field": value}` of a config, JSON-normalised."""
+  flat: dict[str, Any] = {}
+  def walk(node: Mapping[str, Any], prefix: str) -> None:
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        walk(value, f"{prefix}{key}.")
+      else:
+        flat[prefix + key] = value
+  walk(json.loads(config.to_json_best_effort()), "")
+  return flat
+
+
+def config_changes(path: str, config: ml_collections.ConfigDict
+                   ) -> list[str]:
+  """`field: old -> new` for each field of `config` that differs from the
+  run config saved at `path` (none when there is no such file).
+
+  A resumed run keeps its checkpoint, data position and logs whatever the
+  config says now; reusing a workdir by mistake (another seed, reward or
+  model) would otherwise continue the old run silently.
+  """
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    old = json.load(f)
+  new = _flat_config(config)
+  return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+          for key in sorted(set(old) | set(new))
+          if old.get(key, "<absent>") != new.get(key, "<absent>")]
+
+
 @dataclasses.dataclass
 class WarmStart:
   """Where the phase after SFT starts (`warm_start`); MOSAIC and FATE share it.
@@ -695,6 +733,11 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
       start = f"resumed at step {step}" if resumed else "fresh"
       print(f"workdir: {r.workdir} ({start}); {len(r.eval_tasks)} held-out "
             "tasks", flush=True)
+      if resumed:
+        for line in config_changes(r.path(RUN_CONFIG_FILE), config):
+          print(f"warning: resuming with a changed config: {line}",
+                flush=True)
+    r.write_json(RUN_CONFIG_FILE, _flat_config(config))
     if extra.get("phase", "sft") == "sft":
       state = r.sft(state, extra)
       extra = {}
