@@ -1,7 +1,13 @@
 r"""Builds the committed tiny base model: long SFT, exported as HF safetensors.
 
-  python -m experiments.build_tiny_base                       # 450 SFT steps, ~35 min on 2 CPUs
-  python -m experiments.build_tiny_base --config.sft.steps=5 --out=/tmp/b
+  # stage 1: 450 SFT steps from scratch (~20 min on 2 idle CPUs)
+  python -m experiments.build_tiny_base --config=configs/tiny_base.py:scratch \
+      --out=/tmp/tiny_base_scratch
+  # stage 2: 600 steps on fresh entities from stage 1 (~10 min)
+  python -m experiments.build_tiny_base --config=configs/tiny_base.py:fresh \
+      --config.model.path=/tmp/tiny_base_scratch
+  python -m experiments.build_tiny_base --config.sft.steps=5 \
+      --config.model.path=mosaic_jax/assets/tiny_base --out=/tmp/b   # smoke
 
 Runs the SFT phase of `configs/tiny_base.py` (resumable under its workdir),
 evaluates the result on the tiny held-out subset, and writes
@@ -38,13 +44,18 @@ def main(argv):
   config = _CONFIG.value
   if config.rl.steps:
     raise app.UsageError("the base is SFT only: set rl.steps=0")
+  if config.sft.fresh_entities and not config.model.path:
+    raise app.UsageError("the fresh stage continues from stage 1: set "
+                         "--config.model.path=<the scratch stage's --out>")
   start = time.perf_counter()
   report = mosaic.run(config)
   model = convert.load_orbax(os.path.join(config.workdir,
                                           mosaic.REFERENCE_DIR))
   convert.save_pretrained(model, _OUT.value,
                           tokenizer=mosaic.build_tokenizer(config))
-  info = {"config": "configs/tiny_base.py", "sft_steps": config.sft.steps,
+  info = {"config": "configs/tiny_base.py", "init": config.model.path or None,
+          "fresh_entities": config.sft.fresh_entities,
+          "sft_steps": config.sft.steps,
           "sft_lr": config.sft.lr, "seed": config.seed,
           "sft_mix": dict(config.sft.mix),
           "final_sft_loss": _last_sft_loss(config.workdir),

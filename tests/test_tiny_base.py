@@ -1,6 +1,6 @@
 """The committed tiny base checkpoint that configs/tiny.py starts from.
 
-It is built by experiments/build_tiny_base.py (long SFT from scratch); these
+It is built by experiments/build_tiny_base.py (long SFT in two stages); these
 tests check that it is there, loads through the HF path with the tiny
 architecture and tokenizer, is actually trained (held-out assistant NLL far
 below a random init's), and that the build script writes such a directory.
@@ -54,17 +54,23 @@ def test_committed_base_is_trained_far_beyond_random_init():
   tokenizer = convert.load_tokenizer(path)
   trained = _heldout_nll(convert.from_pretrained(path), tokenizer)
   random = _heldout_nll(decoder.init_model(presets.TINY, seed=0), tokenizer)
-  # ln(2048) = 7.6 nats for a uniform guess. The base reaches 1.44 nats per
-  # token on held-out turns (unseen entities; 0.22 on its training batches:
-  # it memorises more than it copies).
+  # ln(2048) = 7.6 nats for a uniform guess. The base reaches 0.72 nats per
+  # token on held-out turns (unseen entities). Its first stage alone reached
+  # 1.44 (0.22 on its training batches: it had memorised the train pool);
+  # the fresh-entity stage halved it.
   assert random > 6.0
-  assert trained < 2.0, trained
+  assert trained < 1.0, trained
 
 
 def test_build_script_writes_a_loadable_base(tmp_path):
   out = tmp_path / "base"
-  cmd = [sys.executable, "-m", "experiments.build_tiny_base",
-         f"--out={out}", f"--config.workdir={tmp_path / 'work'}",
+  base = [sys.executable, "-m", "experiments.build_tiny_base",
+          f"--out={out}", f"--config.workdir={tmp_path / 'work'}"]
+  # The default (fresh) stage continues from stage 1 and says so without it.
+  proc = subprocess.run(base, cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode != 0 and "--config.model.path" in proc.stderr
+  cmd = [*base, f"--config.model.path={presets.TINY_BASE_DIR}",
          "--config.sft.steps=2", "--config.sft.batch=2",
          "--config.sft.microbatch=0", "--config.eval.max_tasks=2",
          "--config.eval.batch=2", "--config.rollout.max_turns=1",
@@ -75,6 +81,7 @@ def test_build_script_writes_a_loadable_base(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.load(open(out / "build_info.json"))
   assert info["sft_steps"] == 2 and info["heldout_tasks"] == 2
+  assert info["fresh_entities"] and info["init"] == str(presets.TINY_BASE_DIR)
   assert set(info["heldout"]) >= {"harmful_compliance", "injection_asr",
                                   "utility", "over_refusal", "privacy_leak"}
   model = convert.from_pretrained(str(out))
