@@ -57,9 +57,10 @@ jax.config.update("jax_compilation_cache_dir", str(ROOT / "jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Run sizes per runtime, as flattened config overrides. "smoke" is what the
-# tests execute (every cell, in seconds); "cpu" is the config as committed
-# (configs/tiny.py: sized for a 2-core CPU), FATE a little smaller;
-# "accelerator" is a Colab GPU/TPU runtime.
+# tests execute (every cell, in seconds); "cpu" is configs/tiny.py with 20
+# RL steps and 48 held-out tasks (the committed 80 steps and 96 tasks take
+# ~8.5 min a run on 2 cores, too long for a notebook of several arms), FATE
+# a little smaller; "accelerator" is a Colab GPU/TPU runtime.
 SIZES = {
     "smoke": {
         "sft.steps": 2, "sft.batch": 2, "sft.microbatch": 2,
@@ -69,7 +70,7 @@ SIZES = {
         "eval.max_tasks": 2, "eval.batch": 2, "eval.every": 0,
         "checkpoint.every": 1000,
     },
-    "cpu": {},
+    "cpu": {"rl.steps": 20, "eval.max_tasks": 48, "eval.batch": 48},
     "accelerator": {
         "sft.batch": 32, "sft.microbatch": 32, "rl.steps": 100,
         "rl.microbatch": 32, "eval.max_tasks": 0, "eval.batch": 64,

@@ -223,7 +223,8 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   # restores, the reference loads.
   assert sorted(os.listdir(tmp_path / "run")) == [
       "checkpoints", mosaic.BEFORE_FILE, "metrics.jsonl",
-      mosaic.REFERENCE_DIR, mosaic.REPORT_FILE, "tensorboard"]
+      mosaic.REFERENCE_DIR, mosaic.REPORT_FILE, mosaic.RUN_CONFIG_FILE,
+      "tensorboard"]
   ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
   assert sorted(os.listdir(ckpt.directory)) == [str(s) for s in SAVED]
   assert ckpt.all_steps() == SAVED
