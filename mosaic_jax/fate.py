@@ -14,8 +14,8 @@ One self-evolution round (`run_round`):
    original task, scored by the original task's verifier;
 4. invalid candidates (validity < 1) are filtered; `a*` is the first-front
    candidate of the K with the highest `R_pf` (`pareto.select_best`), kept
-   when it beats the failure (`improves`, under `improvement`), and stored as a `BufferEntry`
-   in the bounded, deduplicated `ReplayBuffer`.
+   when it beats the failure (`improves`, under `improvement`), and stored
+   as a `BufferEntry` in the bounded, deduplicated `ReplayBuffer`.
 
 PFPO (policy update, driven by `mosaic_jax.train.fate`):
   * SFT warm-up on buffer entries (`sft_batch`): the context is the task
@@ -166,7 +166,7 @@ def dominates(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def improves(z_new: np.ndarray, r_new: float, z_old: np.ndarray,
-             r_old: float, rule: str = "r_pf") -> bool:
+             r_old: float, rule: str = "dominates") -> bool:
   """A repair beats its failure: it dominates it, or (rule "r_pf") it is
   not dominated by it and has the higher R_pf (a trade that gains more than
   it gives)."""

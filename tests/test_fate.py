@@ -338,13 +338,13 @@ def test_improves_and_config_section():
   fail = np.array([0., 1., 1., 1.])
   # A trade that gains security for half the utility: higher R_pf, not
   # dominated by the failure.
-  assert fate.improves(np.array([1., .5, 1., 1.]), 3.5, fail, 3.0)
+  assert fate.improves(np.array([1., .5, 1., 1.]), 3.5, fail, 3.0, "r_pf")
   # Dominated by the failure: never an improvement, whatever R_pf says.
-  assert not fate.improves(np.array([0., .5, 1., 1.]), 9.0, fail, 3.0)
-  assert not fate.improves(fail, 3.0, fail, 3.0)
-  # The "dominates" rule (the configs' default) refuses the trade.
-  assert not fate.improves(np.array([1., .5, 1., 1.]), 3.5, fail, 3.0,
-                           "dominates")
+  assert not fate.improves(np.array([0., .5, 1., 1.]), 9.0, fail, 3.0,
+                           "r_pf")
+  assert not fate.improves(fail, 3.0, fail, 3.0, "r_pf")
+  # The "dominates" rule (the default, as in the configs) refuses the trade.
+  assert not fate.improves(np.array([1., .5, 1., 1.]), 3.5, fail, 3.0)
   assert fate.improves(np.array([1., 1., 1., 1.]), 4.0, fail, 3.0,
                        "dominates")
   with pytest.raises(ValueError, match="improvement"):
