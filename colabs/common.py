@@ -164,12 +164,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     report = json.loads(report_path.read_text(encoding="utf-8"))
     if report["config"] == wanted:
       return report
-  marker = workdir / "notebook_config.json"
-  if workdir.exists() and not (marker.is_file() and json.loads(
-      marker.read_text(encoding="utf-8")) == wanted):
+  # The run config the loops write (and check on resume), written here
+  # first so that a run killed before its loop started is recognised too.
+  marker = workdir / mosaic.RUN_CONFIG_FILE
+  if workdir.exists() and (not marker.is_file()
+                           or mosaic.config_changes(str(marker), config)):
     shutil.rmtree(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  marker.write_text(json.dumps(wanted), encoding="utf-8")
+  marker.write_text(json.dumps(mosaic.flat_config(config)), encoding="utf-8")
   before_path = workdir / mosaic.BEFORE_FILE
   if before is not None and not before_path.exists():
     before_path.write_text(json.dumps(before), encoding="utf-8")

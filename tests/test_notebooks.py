@@ -166,14 +166,14 @@ def test_run_reads_back_resumes_or_clears(tmp_path, monkeypatch):
   config = common.load_config("tiny", {"rl.steps": 1})
   workdir = tmp_path / "arm"
   common.run(config, workdir, before={"utility": 0.5})
-  assert calls == [["eval_before.json", "notebook_config.json"]]
+  assert calls == [["eval_before.json", "run_config.json"]]
   assert json.loads((workdir / "eval_before.json").read_text()) == {
       "utility": 0.5}
   common.run(config, workdir)  # finished, same config: read back
   assert len(calls) == 1
   interrupted = common.variant(config, {"rl.steps": 3})
   common.run(interrupted, workdir)  # another config: cleared first
-  assert calls[-1] == ["notebook_config.json"]
+  assert calls[-1] == ["run_config.json"]
   (workdir / "checkpoints").mkdir()
   common.run(interrupted, workdir)  # same config, unfinished: resumed
-  assert calls[-1] == ["checkpoints", "notebook_config.json"]
+  assert calls[-1] == ["checkpoints", "run_config.json"]

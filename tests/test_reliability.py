@@ -238,7 +238,7 @@ def test_resuming_with_a_changed_config_names_each_change(tmp_path):
   path = str(tmp_path / mosaic.RUN_CONFIG_FILE)
   assert mosaic.config_changes(path, config) == []  # a fresh workdir
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(mosaic._flat_config(config), f)
+    json.dump(mosaic.flat_config(config), f)
   assert mosaic.config_changes(path, config) == []
   config.seed = 1
   config.rl.reward = "scalar"

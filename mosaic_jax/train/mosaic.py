@@ -559,12 +559,12 @@ class Run:
       start = time.perf_counter()
       step += 1
       tasks = next(it)
+      draw = c.seed * 1_000_003 + step  # policies and fresh entities
       if c.sft.fresh_entities:
-        tasks = [tasks_lib.resample(t, c.seed * 1_000_003 + step)
-                 for t in tasks]
+        tasks = [tasks_lib.resample(t, draw) for t in tasks]
       examples = sft_data.sft_examples(
           tasks, self.tokenizer, dict(c.sft.mix),
-          seed=c.seed * 1_000_003 + step, max_len=c.sft.max_len,
+          seed=draw, max_len=c.sft.max_len,
           bucket=c.sft.bucket, max_turns=c.rollout.max_turns)
       faults.fault_point("rollout", step)
       # sft_examples pads to a bucket multiple (an all-dropped batch is
@@ -647,7 +647,7 @@ class Run:
     return state, last_eval
 
 
-def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`{"section.field": value}` of a config, JSON-normalised."""
   flat: dict[str, Any] = {}
   def walk(node: Mapping[str, Any], prefix: str) -> None:
@@ -673,7 +673,7 @@ def config_changes(path: str, config: ml_collections.ConfigDict
     return []
   with open(path, encoding="utf-8") as f:
     old = json.load(f)
-  new = _flat_config(config)
+  new = flat_config(config)
   return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
           for key in sorted(set(old) | set(new))
           if old.get(key, "<absent>") != new.get(key, "<absent>")]
@@ -737,7 +737,7 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
         for line in config_changes(r.path(RUN_CONFIG_FILE), config):
           print(f"warning: resuming with a changed config: {line}",
                 flush=True)
-    r.write_json(RUN_CONFIG_FILE, _flat_config(config))
+    r.write_json(RUN_CONFIG_FILE, flat_config(config))
     if extra.get("phase", "sft") == "sft":
       state = r.sft(state, extra)
       extra = {}
