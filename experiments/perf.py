@@ -77,16 +77,21 @@ def _load() -> str:
 # ------------------------------------------------------------------ peak --
 
 
-def peak_child(n: int = 4096, repeats: int = 5) -> None:
-  """Prints `{dtype: GFLOP/s}` of a jitted [n, n] @ [n, n] matmul."""
+def _matmul_runner(n: int = 4096, dtype: str = "float32"):
+  """One jitted [n, n] @ [n, n] in `dtype` (blocking) and its FLOPs."""
   import jax
   import jax.numpy as jnp
+  a = jnp.ones((n, n), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  return (lambda: matmul(a).block_until_ready()), 2 * n ** 3
+
+
+def peak_child(n: int = 4096, repeats: int = 5) -> None:
+  """Prints `{dtype: GFLOP/s}` of a jitted [n, n] @ [n, n] matmul."""
   out = {}
   for name in ("float32", "bfloat16"):
-    a = jnp.ones((n, n), name)
-    matmul = jax.jit(lambda x: x @ x)
-    seconds = _median_seconds(lambda: matmul(a).block_until_ready(), repeats)
-    out[name] = round(2 * n ** 3 / seconds / 1e9, 1)
+    run, flops = _matmul_runner(n, name)
+    out[name] = round(flops / _median_seconds(run, repeats) / 1e9, 1)
   print(json.dumps(out))
 
 
@@ -201,15 +206,6 @@ def _torch_runner(cfg: ModelConfig, batch: int, seq: int):
     opt.step()
 
   return run
-
-
-def _matmul_runner(n: int = 4096):
-  """One jitted fp32 [n, n] @ [n, n] (blocking) and its FLOPs."""
-  import jax
-  import jax.numpy as jnp
-  a = jnp.ones((n, n), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  return (lambda: matmul(a).block_until_ready()), 2 * n ** 3
 
 
 def train_child(repeats: int = 3) -> None:

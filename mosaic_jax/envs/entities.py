@@ -169,7 +169,7 @@ def fresh_pool(rng: random.Random, people: int = 12, companies: int = 6,
       # Distinct emails (first.last) and company domains (first word).
       "people": distinct(lambda: f"{_fresh_word(rng, _FIRST)} "
                                  f"{_fresh_word(rng, _LAST)}", people,
-                         lambda name: email_of(name)),
+                         email_of),
       "companies": distinct(
           lambda: f"{_fresh_word(rng, _COMPANY_WORDS)} "
                   f"{rng.choice(_COMPANY_SUFFIXES)}", companies,
