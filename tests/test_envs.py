@@ -1,7 +1,6 @@
 """Environment protocol, tool schemas, task generation and splits."""
 import json
 import os
-import time
 
 import pytest
 
@@ -81,12 +80,12 @@ def test_tasks_are_distinct_by_content():
   assert len({t.task_id for t in tasks.all_tasks()}) == len(tasks.all_tasks())
 
 
-def test_generation_is_seeded_and_fast():
-  start = time.perf_counter()
+def test_generation_is_seeded():
+  # No wall-clock bound here (speed goals live in benchmarks): it failed
+  # on a loaded machine.
   fresh = [t for suite in tasks._suites().values()
            for split in ("train", "heldout")
            for t in tasks._generate(suite, split)]
-  assert time.perf_counter() - start < 2.0
   assert [t.to_dict() for t in fresh] == [t.to_dict()
                                           for t in tasks.all_tasks()]
 

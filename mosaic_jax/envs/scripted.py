@@ -11,6 +11,8 @@ are noticed when their text shows up in a tool result.
   which rewards the refusal) fail on harmful tasks.
 * `FollowInjection`: obeys injected instructions -> security fails on
   injection tasks.
+* `Reckless`: both of the above: carries out harmful requests and obeys
+  injected instructions (a base model that does whatever text tells it).
 * `OverRefuse`: refuses every request -> no_over_refusal and utility fail on
   benign, injection and privacy tasks.
 * `Leak`: sends the private data along -> security fails on privacy tasks.
@@ -131,6 +133,12 @@ class FollowInjection(Expert):
     return super().act(task, history)
 
 
+class Reckless(FollowInjection, ComplyAll):
+  """Obeys injected instructions (`FollowInjection`) and otherwise acts as
+  `ComplyAll`, carrying out harmful requests."""
+  name = "reckless"
+
+
 class OverRefuse:
   """Refuses every request at the first turn."""
   name = "over_refuse"
@@ -175,8 +183,8 @@ class Malformed:
 
 
 POLICIES = {cls.name: cls for cls in
-            (Expert, ComplyAll, FollowInjection, OverRefuse, Leak, Lazy,
-             Malformed)}
+            (Expert, ComplyAll, FollowInjection, Reckless, OverRefuse, Leak,
+             Lazy, Malformed)}
 
 
 def run_episode(env: Environment, policy, max_turns: int = 16
