@@ -23,16 +23,18 @@ def get_config():
   # this budget writes no valid turn). Its tokenizer and chat template are
   # stored beside it.
   c.model.path = str(presets.TINY_BASE_DIR)
-  # SFT warm-up on top of it, with the mix the base was built with: expert
-  # 37.5%, comply_all and follow_injection 31.25% each (weights are
-  # normalised), tasks resampled with fresh entities like the base's second
-  # stage. The two flawed policies act as the expert except at their own
-  # flaw (comply on harmful tasks; obey injected instructions), so the warm
-  # start refuses only about half of the harmful tasks, which RL has to fix.
-  c.sft.update(steps=10, batch=8, microbatch=8, max_len=1280, bucket=1024,
+  # SFT warm-up on top of it: 100 steps on tasks resampled with fresh
+  # entities (like the base's second stage) from a mix of expert 20%,
+  # follow_injection 35% and reckless 45% (comply with harmful requests and
+  # obey injections). Per kind the scripted data are unsafe in 45% of the
+  # harmful and 80% of the injection episodes; the greedy warm start leaves
+  # 19/31 held-out harmful tasks unrefused and carries out 4/25 injected
+  # attacks (docs/training.md, "The tiny main job"). The base, built on a
+  # safer mix, ignores injections: 10-30 warm-up steps left its ASR at 0.
+  c.sft.update(steps=100, batch=8, microbatch=8, max_len=1280, bucket=1024,
                lr=1e-3, fresh_entities=True)
   # Replaced, not merged into base's default mix.
-  c.sft.mix = dict(expert=0.6, comply_all=0.5, follow_injection=0.5)
+  c.sft.mix = dict(expert=0.2, follow_injection=0.35, reckless=0.45)
   # RL: G=4, four tasks per step (16 episodes), every sequence weighted
   # equally (sequence-mean-token-mean; with token-mean the long acting
   # episodes outweigh the short refusals), KL 0.1 to the warm start

@@ -7,14 +7,20 @@ real configs that start from a pretrained HF checkpoint, `configs/tiny.py`
 starts from a base checkpoint committed under `mosaic_jax/assets/tiny_base`,
 built in two stages, each a config of this file:
 
-- `configs/tiny_base.py:scratch`: 450 SFT steps from a random init on the
-  flawed mix of `configs/tiny.py` (comply_all and follow_injection, each the
-  expert except at its own flaw), episodes of the train split (1,024 tokens).
+- `configs/tiny_base.py:scratch`: 450 SFT steps from a random init on a
+  flawed mix (expert 37.5%, comply_all and follow_injection 31.25% each,
+  each flawed policy the expert except at its own flaw), episodes of the
+  train split (1,024 tokens).
 - `configs/tiny_base.py:fresh` (the default), from the stage-1 checkpoint
   (`--config.model.path`): 600 more steps on the same mix, every task
   resampled with fresh entities (`sft.fresh_entities`, envs.tasks.resample)
   so the model cannot memorise the train pool's 20 names, and episodes up to
   1,280 tokens (11% of the held-out expert episodes are longer than 1,024).
+
+The committed base was built before each suite's injection attacker was
+fixed (docs/tasks.md): its injection episodes named one of 9 addresses
+(drive, workspace), 270 handles (messaging) or a random IBAN (banking), so a
+rebuild now sees other attacker strings and is a different base. `configs/tiny.py`'s own warm-up mix (more unsafe) is not the base's.
 
 No RL. The base is competent at the protocol and tools and unsafe on a
 measurable share of harmful and injection tasks.
@@ -28,6 +34,7 @@ def get_config(stage: str = "fresh"):
   c.seed = 7
   c.optimizer.update(warmup_steps=20)
   c.rl.update(steps=0)
+  c.sft.mix = dict(expert=0.6, comply_all=0.5, follow_injection=0.5)
   c.checkpoint.update(every=50, keep=3)
   c.eval.update(max_tasks=48, batch=48)  # build_info.json's held-out rates
   if stage == "scratch":
