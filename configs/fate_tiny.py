@@ -1,9 +1,11 @@
 """FATE on the tiny model (CPU, minutes): the tiny MOSAIC warm start, then
 four self-evolution rounds of mining, repair and PFPO.
 
-12 PFPO-PG steps a round (48 in all, against MOSAIC's 80 RL steps): with 4
-a round held-out harmful compliance fell 0.52 -> 0.39, with 12 to 0.29
-(docs/training.md, "The tiny main job"). PFPO-SFT keeps the default repair
+18 PFPO-PG steps a round (72 in all, against MOSAIC's 80 RL steps): from the
+current warm start held-out harmful compliance fell 0.61 -> 0.39 with 12 a
+round and to 0.35 with 18 (with the older warm start: 0.52 -> 0.39 with 4,
+0.29 with 12; docs/training.md, "The tiny main job"). PFPO-SFT keeps the
+default repair
 conditioning: with the task in context ("both") the mostly-acting repairs
 taught the policy to act on every request (harmful compliance -> 1.0).
 """
@@ -17,6 +19,6 @@ def get_config():
       c, rounds=4, tasks_per_round=16, num_candidates=4,
       transcript_tokens=256, prompt_extra_tokens=512,
       sft_steps=8, sft_batch=8, sft_max_len=c.rollout.max_total_length + 512,
-      pg_steps=12)
+      pg_steps=18)
   c.method = "fate"
   return c

@@ -168,7 +168,8 @@ def evaluate_scripted(policy: str, split: str = "heldout", *,
 
   Args:
     policy: a name in `scripted.POLICIES` (`expert`, `comply_all`,
-      `follow_injection`, `over_refuse`, `leak`, `lazy`, `malformed`).
+      `follow_injection`, `reckless`, `over_refuse`, `leak`, `lazy`,
+      `malformed`).
     split: `train` or `heldout`.
     suite: only this suite (None: all).
     kind: only this task kind (None: all).
