@@ -59,7 +59,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # Run sizes per runtime, as flattened config overrides. "smoke" is what the
 # tests execute (every cell, in seconds); "cpu" is configs/tiny.py with 20
 # RL steps and 48 held-out tasks (the committed 80 steps and 96 tasks take
-# ~9 min a run on 2 cores, too long for a notebook of several arms), FATE
+# ~11 min a run on 2 cores, too long for a notebook of several arms), FATE
 # a little smaller; "accelerator" is a Colab GPU/TPU runtime.
 SIZES = {
     "smoke": {
