@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mosaic_jax.eval import harness
+from mosaic_jax.train import validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "eval config file")
 _COMPARE = flags.DEFINE_multi_string(
@@ -50,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=validate.parse_config_flags)

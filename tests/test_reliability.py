@@ -230,6 +230,26 @@ def test_cli_rejects_a_config_file_typo_before_any_compute(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.parametrize("module,config,flag,expected", [
+    ("experiments.evaluate", "configs/eval/builtin.py", "--config.workdir=/x",
+     "error: --config.workdir: the config has no field 'workdir'"),
+    ("experiments.train", "configs/tiny.py", "--config.rl.group_sise=8",
+     "error: --config.rl.group_sise: the config has no field 'group_sise'; "
+     'Did you mean "group_size"'),
+    ("experiments.train", "configs/tiny.py", "--config.rl.steps=abc",
+     "error: flag --config.rl.steps=abc: invalid literal for int()"),
+])
+def test_cli_names_a_bad_override_in_one_line(module, config, flag,
+                                              expected):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", module, f"--config={config}",
+                        flag], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert expected in out.stderr
+  assert "Traceback" not in out.stderr
+
+
 # ------------------------------------------------------------- preemption --
 
 

@@ -297,3 +297,34 @@ def check_tokenizer(tokenizer: Any, vocab_size: int, source: str) -> None:
   """Raises `ConfigError` listing `tokenizer_problems`."""
   _raise("the tokenizer cannot run the agent protocol",
          tokenizer_problems(tokenizer, vocab_size, source))
+
+
+def parse_config_flags(argv: list[str]) -> list[str]:
+  """absl `flags_parser` for the config-file CLIs: a bad `--config.X=V`
+  override exits with status 2 and one line naming the flag, instead of a
+  traceback (ml_collections raises AttributeError for an unknown field).
+
+  Use as `app.run(main, flags_parser=validate.parse_config_flags)`.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections: AttributeError(KeyError("'name'\nDid you mean ...?")).
+    inner = e.args[0] if e.args else e
+    if isinstance(inner, KeyError) and inner.args:
+      inner = inner.args[0]
+    key, _, hint = str(inner).partition("\n")
+    key = key.strip("'\"")
+    flag = next((a.split("=", 1)[0] for a in argv[1:]
+                 if a.startswith("--config.")
+                 and a.split("=", 1)[0].rsplit(".", 1)[-1] == key),
+                "--config")
+    message = f"{flag}: the config has no field {key!r}"
+    if hint:
+      message += f"; {hint.strip()}"
+  except flags.Error as e:
+    message = str(e)
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
