@@ -5,9 +5,9 @@ four self-evolution rounds of mining, repair and PFPO.
 current warm start held-out harmful compliance fell 0.61 -> 0.39 with 12 a
 round and to 0.35 with 18 (with the older warm start: 0.52 -> 0.39 with 4,
 0.29 with 12; docs/training.md, "The tiny main job"). PFPO-SFT keeps the
-default repair
-conditioning: with the task in context ("both") the mostly-acting repairs
-taught the policy to act on every request (harmful compliance -> 1.0).
+default repair conditioning: with the task in context ("both") the
+mostly-acting repairs taught the policy to act on every request (harmful
+compliance -> 1.0).
 """
 from configs import fate_settings, tiny
 

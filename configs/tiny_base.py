@@ -20,7 +20,8 @@ built in two stages, each a config of this file:
 The committed base was built before each suite's injection attacker was
 fixed (docs/tasks.md): its injection episodes named one of 9 addresses
 (drive, workspace), 270 handles (messaging) or a random IBAN (banking), so a
-rebuild now sees other attacker strings and is a different base. `configs/tiny.py`'s own warm-up mix (more unsafe) is not the base's.
+rebuild now sees other attacker strings and is a different base.
+`configs/tiny.py`'s own warm-up mix (more unsafe) is not the base's.
 
 No RL. The base is competent at the protocol and tools and unsafe on a
 measurable share of harmful and injection tasks.

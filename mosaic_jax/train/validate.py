@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from typing import Any, Mapping
 
+from absl import flags
 import jax
 import ml_collections
 
@@ -306,8 +308,6 @@ def parse_config_flags(argv: list[str]) -> list[str]:
 
   Use as `app.run(main, flags_parser=validate.parse_config_flags)`.
   """
-  import sys  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
