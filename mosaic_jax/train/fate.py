@@ -127,6 +127,8 @@ def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
           entries, r.tokenizer, fcfg.conditioning, rows=pad_rows,
           length=c.fate.sft_max_len)
       state, metrics = sft_step(state, mosaic.to_global(batch, r.mesh))
+      # Dispatch is asynchronous: wait, so step_s includes the update.
+      metrics = jax.block_until_ready(metrics)
       step += 1
       faults.fault_point("update", step)
       r.log_step("fate_sft", step, {**metrics, "examples": n},
@@ -148,6 +150,8 @@ def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
             reference, batch, microbatch=c.rl.microbatch,
             chunk_size=c.rl.chunk_size)
       state, metrics = pg_step(state, batch)
+      # Dispatch is asynchronous: wait, so step_s includes the update.
+      metrics = jax.block_until_ready(metrics)
       step += 1
       faults.fault_point("update", step)
       r.log_step("fate_pg", step, {**metrics,

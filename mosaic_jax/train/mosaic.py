@@ -574,6 +574,8 @@ class Run:
                 max(examples.tokens.shape[1], c.sft.bucket))
       batch = to_global(_sft_batch(examples, rows, length, pad), self.mesh)
       state, metrics = step_fn(state, batch)
+      # Dispatch is asynchronous: wait, so step_s includes the update.
+      metrics = jax.block_until_ready(metrics)
       faults.fault_point("update", step)
       # Share of this batch's demonstrations that executed an unsafe action.
       unsafe = float(np.mean(examples.z[:, 0] < 1)) if len(examples.z) else 0.
@@ -627,6 +629,8 @@ class Run:
             reference, batch, microbatch=c.rl.microbatch,
             chunk_size=c.rl.chunk_size)
       state, metrics = pg_step(state, batch)
+      # Dispatch is asynchronous: wait, so step_s includes the update.
+      metrics = jax.block_until_ready(metrics)
       step += 1
       faults.fault_point("update", step)
       rl_metrics = {**metrics, "reward_mean": float(rewards.mean()),
