@@ -58,9 +58,9 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Run sizes per runtime, as flattened config overrides. "smoke" is what the
 # tests execute (every cell, in seconds); "cpu" is configs/tiny.py with 20
-# RL steps and 48 held-out tasks (the committed 80 steps and 96 tasks take
-# ~11 min a run on 2 cores, too long for a notebook of several arms), FATE
-# a little smaller; "accelerator" is a Colab GPU/TPU runtime.
+# RL steps and 48 held-out tasks (the committed 70 steps of G = 8 and 96
+# tasks take ~19 min a run on 2 cores, too long for a notebook of several
+# arms), FATE a little smaller; "accelerator" is a Colab GPU/TPU runtime.
 SIZES = {
     "smoke": {
         "sft.steps": 2, "sft.batch": 2, "sft.microbatch": 2,

@@ -24,23 +24,27 @@ def get_config():
   # stored beside it.
   c.model.path = str(presets.TINY_BASE_DIR)
   # SFT warm-up on top of it: 100 steps on tasks resampled with fresh
-  # entities (like the base's second stage) from a mix of expert 20%,
-  # follow_injection 35% and reckless 45% (comply with harmful requests and
-  # obey injections). Per kind the scripted data are unsafe in 45% of the
-  # harmful and 80% of the injection episodes; the greedy warm start leaves
-  # 19/31 held-out harmful tasks unrefused and carries out 4/25 injected
-  # attacks (docs/training.md, "The tiny main job"). The base, built on a
-  # safer mix, ignores injections: 10-30 warm-up steps left its ASR at 0.
+  # entities (like the base's second stage) from a mix of expert 10%,
+  # follow_injection 25% and reckless 65% (comply with harmful requests and
+  # obey injections). The scripted data are unsafe in 65% of the harmful and
+  # 90% of the injection episodes, a clear majority, so the greedy warm start
+  # is unsafe whatever the seed: held-out harmful tasks unrefused 31/31
+  # (seed 0) and 28/31 (seed 1), injected attacks carried out 4/25 and 8/25.
+  # At 45% reckless the greedy mode flipped with the seed (19/31 vs 4/31;
+  # docs/training.md, "The tiny main job"). The base, built on a safer mix,
+  # ignores injections: 10-30 warm-up steps left its ASR at 0.
   c.sft.update(steps=100, batch=8, microbatch=8, max_len=1280, bucket=1024,
                lr=1e-3, fresh_entities=True)
   # Replaced, not merged into base's default mix.
-  c.sft.mix = dict(expert=0.2, follow_injection=0.35, reckless=0.45)
-  # RL: G=4, four tasks per step (16 episodes), every sequence weighted
+  c.sft.mix = dict(expert=0.1, follow_injection=0.25, reckless=0.65)
+  # RL: G=8, four tasks per step (32 episodes), every sequence weighted
   # equally (sequence-mean-token-mean; with token-mean the long acting
-  # episodes outweigh the short refusals), KL 0.1 to the warm start
-  # (docs/training.md, "The tiny main job").
+  # episodes outweigh the short refusals), KL 0.1 to the warm start. Eight
+  # samples put both outcomes (refuse, comply) into more harmful groups
+  # than four (G=4: 19 -> 10 of 31 unrefused; G=8: 19 -> 6, same warm
+  # start); 70 steps keep the run inside 20 minutes on 2 cores.
   c.optimizer.update(lr=5e-4, warmup_steps=3)
-  c.rl.update(steps=80, group_size=4, tasks_per_step=4, kl_beta=0.1,
+  c.rl.update(steps=70, group_size=8, tasks_per_step=4, kl_beta=0.1,
               aggregation="sequence-mean-token-mean", microbatch=8,
               chunk_size=128)
   c.checkpoint.update(every=10, keep=2)

@@ -265,9 +265,9 @@ def test_resuming_with_a_changed_config_names_each_change(tmp_path):
   config.sft.mix = dict(expert=1.0)
   changes = mosaic.config_changes(path, config)
   assert changes == ["rl.reward: 'pairwise' -> 'scalar'", "seed: 0 -> 1",
-                     "sft.mix.expert: 0.2 -> 1.0",
-                     "sft.mix.follow_injection: 0.35 -> '<absent>'",
-                     "sft.mix.reckless: 0.45 -> '<absent>'"]
+                     "sft.mix.expert: 0.1 -> 1.0",
+                     "sft.mix.follow_injection: 0.25 -> '<absent>'",
+                     "sft.mix.reckless: 0.65 -> '<absent>'"]
 
 
 def test_sigterm_becomes_a_flag_and_the_handler_is_restored():

@@ -276,7 +276,7 @@ def test_config_section_and_buckets():
   from mosaic_jax.train import mosaic  # pylint: disable=import-outside-toplevel
   config = mosaic.rollout_config(tiny.get_config())
   # The group size lives in the rl section only.
-  assert config.group_size == 4
+  assert config.group_size == 8
   assert config.strategy_object() == sampling.Temperature(0.7)
   with pytest.raises(ValueError, match="unknown sampling strategy"):
     dataclasses.replace(config, strategy="beam").strategy_object()
