@@ -1,11 +1,12 @@
 """FATE on the tiny model (CPU, minutes): the tiny MOSAIC warm start, then
 four self-evolution rounds of mining, repair and PFPO.
 
-18 PFPO-PG steps a round (72 in all): from the 45%-reckless warm start
-(pinned below) held-out harmful compliance fell 0.61 -> 0.39 with 12 a round
-and to 0.35 with 18 (with the older warm start: 0.52 -> 0.39 with 4, 0.29
-with 12; docs/training.md, "The tiny main job"). PFPO-SFT keeps the
-default repair conditioning: with the task in context ("both") the
+The same warm start as configs/tiny.py (65% reckless in the warm-up mix)
+and its G = 8, with 18 PFPO-PG steps a round (72 in all): held-out harmful
+compliance 1.00 -> 0.29, injection ASR 0.16 -> 0 (docs/training.md, "The
+tiny main job"). On the earlier 45%-reckless warm start with G = 4 it fell
+0.61 -> 0.39 with 12 PG steps a round and to 0.35 with 18. PFPO-SFT keeps
+the default repair conditioning: with the task in context ("both") the
 mostly-acting repairs taught the policy to act on every request (harmful
 compliance -> 1.0).
 """
@@ -21,10 +22,4 @@ def get_config():
       sft_steps=8, sft_batch=8, sft_max_len=c.rollout.max_total_length + 512,
       pg_steps=18)
   c.method = "fate"
-  # Measured (docs/training.md) on the earlier tiny warm start and group
-  # size, pinned here so those numbers stay this config's: 45% reckless in
-  # the warm-up mix, G = 4 in PFPO-PG. (configs/tiny.py moved to 65% and
-  # G = 8; FATE on that warm start is not yet measured.)
-  c.sft.mix = dict(expert=0.2, follow_injection=0.35, reckless=0.45)
-  c.rl.group_size = 4
   return c
