@@ -119,38 +119,13 @@ def section_matmul(sizes: dict) -> dict:
   return {"n": n, "bf16_tflops": round(2 * n ** 3 / seconds / 1e12, 1)}
 
 
-def _pg_batch(cfg: ModelConfig, batch: int, seq: int):
-  import jax.numpy as jnp
-  import numpy as np
-
-  from mosaic_jax.train import steps
-  rng = np.random.default_rng(0)
-  loss_mask = np.zeros((batch, seq), np.float32)
-  loss_mask[:, seq // 4:] = 1
-  return steps.PGBatch(
-      tokens=jnp.asarray(rng.integers(1, cfg.vocab_size, (batch, seq)),
-                         jnp.int32),
-      loss_mask=jnp.asarray(loss_mask),
-      attention_mask=jnp.ones((batch, seq), jnp.int32),
-      advantages=jnp.asarray(rng.normal(size=batch), jnp.float32),
-      old_logp=jnp.asarray(-np.log(cfg.vocab_size)
-                           + 0.01 * rng.normal(size=(batch, seq)), jnp.float32))
-
-
 def _jax_train(cfg: ModelConfig, batch: int, seq: int, microbatch: int,
                peak: float) -> dict:
   import jax
-
-  from mosaic_jax.models import init_model
-  from mosaic_jax.train import state as state_lib
-  from mosaic_jax.train import steps
   start = time.perf_counter()
-  state = state_lib.create_train_state(init_model(cfg, seed=0),
-                                       state_lib.OptimizerConfig(lr=1e-6))
+  step, state, pg_batch = perf.jax_step(cfg, batch, seq,
+                                        microbatch=microbatch)
   init_s = time.perf_counter() - start
-  step = steps.make_pg_step(steps.PGConfig(microbatch=microbatch,
-                                           chunk_size=128))
-  pg_batch = _pg_batch(cfg, batch, seq)
   holder, losses = [state], []
 
   def run():
@@ -195,49 +170,18 @@ def section_train_4b(sizes: dict) -> dict:
 
 
 def section_train_small_torch(sizes: dict) -> dict:
-  import numpy as np
   import torch
-  import transformers
   cfg = sizes["small"]
   batch, seq = sizes["small_batch"]
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  torch.manual_seed(0)
-  hf_cfg = transformers.Qwen3Config(**{**cfg.to_hf(), "torch_dtype": "float32"})
-  with torch.device(device):
-    model = transformers.Qwen3ForCausalLM._from_config(
-        hf_cfg, attn_implementation="sdpa")
-  model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95),
-                          eps=1e-8, weight_decay=0.0,
-                          fused=device == "cuda")
-  b = _pg_batch(cfg, batch, seq)
-  as_t = lambda x, dtype=None: torch.tensor(np.asarray(x), dtype=dtype,
-                                            device=device)
-  tokens, attention = as_t(b.tokens, torch.long), as_t(b.attention_mask,
-                                                        torch.long)
-  mask, old = as_t(b.loss_mask)[:, 1:], as_t(b.old_logp)[:, 1:]
-  adv = as_t(b.advantages)[:, None]
-
-  def run():
-    with torch.autocast(device, dtype=torch.bfloat16):
-      logits = model(input_ids=tokens, attention_mask=attention).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(
-        -1, tokens[:, 1:, None])[..., 0]
-    ratio = torch.exp(logp - old)
-    per_token = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
-    loss = (per_token * mask).sum() / mask.sum()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    if device == "cuda":
-      torch.cuda.synchronize()
-
-  seconds, times = _median(run, 5)
+  seconds, times = _median(perf.torch_runner(cfg, batch, seq, device), 5)
   peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
-  return _train_figures(cfg.replace(dtype="bfloat16"), batch, seq, seconds,
-                        times, sizes["peak_tflops"]) | {"torch": torch.__version__,
-                                  "peak_gib": round(peak / 2 ** 30, 1)}
+  # torch_runner computes in bf16 (autocast) on the GPU, fp32 on the CPU.
+  compute = "bfloat16" if device == "cuda" else "float32"
+  return _train_figures(cfg.replace(dtype=compute), batch, seq, seconds,
+                        times, sizes["peak_tflops"]) | {
+                            "torch": torch.__version__,
+                            "peak_gib": round(peak / 2 ** 30, 1)}
 
 
 def decode_bytes(cfg: ModelConfig, batch: int, slots: int) -> float:

@@ -116,7 +116,7 @@ def bench_peak() -> dict[str, object]:
 # ----------------------------------------------------------------- train --
 
 
-def _pg_inputs(cfg: ModelConfig, batch: int, seq: int):
+def pg_inputs(cfg: ModelConfig, batch: int, seq: int):
   """A random PG batch: all tokens real, the first quarter is the prompt."""
   import jax.numpy as jnp
   import numpy as np
@@ -135,17 +135,17 @@ def _pg_inputs(cfg: ModelConfig, batch: int, seq: int):
                            jnp.float32))
 
 
-def _jax_step(cfg: ModelConfig, batch: int, seq: int, *, donate: bool = True,
-              chunk_size: int = 128):
+def jax_step(cfg: ModelConfig, batch: int, seq: int, *, donate: bool = True,
+             chunk_size: int = 128, microbatch: int = 0):
   """(step, state, batch) for the PG step of `cfg`."""
   from mosaic_jax.models import init_model
   from mosaic_jax.train import state as state_lib
   from mosaic_jax.train import steps
   state = state_lib.create_train_state(
       init_model(cfg, seed=0), state_lib.OptimizerConfig(lr=1e-5))
-  step = steps.make_pg_step(steps.PGConfig(chunk_size=chunk_size,
-                                           donate=donate))
-  return step, state, _pg_inputs(cfg, batch, seq)
+  step = steps.make_pg_step(steps.PGConfig(
+      chunk_size=chunk_size, donate=donate, microbatch=microbatch))
+  return step, state, pg_inputs(cfg, batch, seq)
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -163,7 +163,7 @@ def _timed(fn) -> tuple[float, float]:
 def _jax_runner(cfg: ModelConfig, batch: int, seq: int, **step_kwargs):
   """A function that runs one (blocking) JAX PG step, and the PG batch."""
   import jax
-  step, state, pg_batch = _jax_step(cfg, batch, seq, **step_kwargs)
+  step, state, pg_batch = jax_step(cfg, batch, seq, **step_kwargs)
   holder = [state]
 
   def run():
@@ -173,28 +173,37 @@ def _jax_runner(cfg: ModelConfig, batch: int, seq: int, **step_kwargs):
   return run, holder, pg_batch
 
 
-def _torch_runner(cfg: ModelConfig, batch: int, seq: int):
-  """A function that runs the same PG step in eager PyTorch/transformers."""
+def torch_runner(cfg: ModelConfig, batch: int, seq: int, device: str = "cpu"):
+  """A function that runs the same PG step in eager PyTorch/transformers.
+
+  On "cpu" in fp32 (the `train` comparison); on "cuda" with fp32 weights
+  under bf16 autocast and fused AdamW, like the JAX step's fp32 master
+  weights and bf16 compute (`experiments.gpu_bench`).
+  """
   import numpy as np
   import torch
   import transformers
+  cuda = device == "cuda"
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   torch.manual_seed(0)
   hf_cfg = transformers.Qwen3Config(**{**cfg.to_hf(), "torch_dtype": "float32"})
-  model = transformers.Qwen3ForCausalLM._from_config(
-      hf_cfg, attn_implementation="sdpa")
+  with torch.device(device):
+    model = transformers.Qwen3ForCausalLM._from_config(
+        hf_cfg, attn_implementation="sdpa")
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95),
-                          eps=1e-8, weight_decay=0.0)
-  b = _pg_inputs(cfg, batch, seq)
-  tokens = torch.tensor(np.asarray(b.tokens), dtype=torch.long)
-  attention = torch.tensor(np.asarray(b.attention_mask), dtype=torch.long)
-  mask = torch.tensor(np.asarray(b.loss_mask))[:, 1:]
-  old = torch.tensor(np.asarray(b.old_logp))[:, 1:]
-  adv = torch.tensor(np.asarray(b.advantages))[:, None]
+                          eps=1e-8, weight_decay=0.0, fused=cuda)
+  b = pg_inputs(cfg, batch, seq)
+  as_t = lambda x, dtype=None: torch.tensor(np.asarray(x), dtype=dtype,
+                                            device=device)
+  tokens = as_t(b.tokens, torch.long)
+  attention = as_t(b.attention_mask, torch.long)
+  mask, old = as_t(b.loss_mask)[:, 1:], as_t(b.old_logp)[:, 1:]
+  adv = as_t(b.advantages)[:, None]
 
   def run():
-    logits = model(input_ids=tokens, attention_mask=attention).logits
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+      logits = model(input_ids=tokens, attention_mask=attention).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(
         -1, tokens[:, 1:, None])[..., 0]
     ratio = torch.exp(logp - old)
@@ -204,6 +213,8 @@ def _torch_runner(cfg: ModelConfig, batch: int, seq: int):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    if cuda:
+      torch.cuda.synchronize()
 
   return run
 
@@ -216,7 +227,7 @@ def train_child(repeats: int = 3) -> None:
   load of that minute.
   """
   runners = {"jax": _jax_runner(TRAIN_MODEL, BATCH, SEQ)[0],
-             "torch": _torch_runner(TRAIN_MODEL, BATCH, SEQ)}
+             "torch": torch_runner(TRAIN_MODEL, BATCH, SEQ)}
   runners["matmul"], matmul_flops = _matmul_runner()
   for run in runners.values():  # compiles, allocates, warms caches
     run()
@@ -277,7 +288,7 @@ def compile_child(layers: int) -> None:
   """Prints lower and compile seconds of the PG step at `layers` layers."""
   cfg = TRAIN_MODEL.replace(num_layers=layers, hidden_size=256,
                             intermediate_size=768, num_heads=4, num_kv_heads=2)
-  step, state, batch = _jax_step(cfg, 2, 128)
+  step, state, batch = jax_step(cfg, 2, 128)
   start = time.perf_counter()
   lowered = step.lower(state, batch)
   lowered_at = time.perf_counter()
@@ -323,7 +334,7 @@ def memory_child() -> None:
   for remat, param_dtype, dtype, donate in _MEMORY_CASES:
     cfg = TRAIN_MODEL.replace(remat=remat, param_dtype=param_dtype,
                               dtype=dtype)
-    step, state, batch = _jax_step(cfg, BATCH, SEQ, donate=donate)
+    step, state, batch = jax_step(cfg, BATCH, SEQ, donate=donate)
     mem = step.lower(state, batch).compile().memory_analysis()
     short = {"float32": "f32", "bfloat16": "bf16"}
     key = (f"{remat}_p{short[param_dtype]}_c{short[dtype]}"
