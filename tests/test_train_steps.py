@@ -140,9 +140,15 @@ def test_gradient_accumulation_is_exact(template, pg_batch, aggregation):
   # The update is real (about lr per weight), and identical either way.
   assert max(np.max(np.abs(x - y)) for x, y in zip(a, before)) > 1e-3
   assert max(np.max(np.abs(x - y)) for x, y in zip(a, b)) <= 1e-6
+  # Moments equal up to fp32 summation order: bounded relative to each
+  # array's scale (an element near zero is a cancellation of microbatch sums,
+  # where an element-wise rtol measures only the order; on AVX-512 hosts one
+  # of 16,384 first-moment entries differed by 9e-4 relative, 1.4e-9 absolute,
+  # against a largest entry of ~5e-4).
   for x, y in zip(jax.tree.leaves(_host(whole.opt_state)),
                   jax.tree.leaves(_host(split.opt_state))):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-9)
+    scale = float(np.max(np.abs(y))) if np.size(y) else 0.0
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * scale + 1e-12)
 
 
 def test_non_finite_update_is_skipped(template, pg_batch):
