@@ -3,9 +3,10 @@ import setuptools
 
 # Exact pins: JAX, Flax NNX, orbax and grain APIs move fast, and CI must see
 # the versions the code was proven against.
+JAX_VERSION = "0.10.2"
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
+    f"jax=={JAX_VERSION}",
+    f"jaxlib=={JAX_VERSION}",
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
@@ -25,7 +26,12 @@ INSTALL_REQUIRES = [
     "psutil==7.2.2",
 ]
 
+# Accelerator extras: JAX's own extras at the pinned jax, so the PJRT plugin
+# (jax-cuda12-plugin 0.10.2 with its CUDA wheels; libtpu 0.0.42.*) always
+# matches jaxlib. Both resolve with `pip install --dry-run` from PyPI.
 EXTRAS = {
+    "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
+    "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "agentdojo": ["agentdojo==0.1.35"],
     "test": [
         # Exactly this version: it installs from a local CPU wheel; a looser
