@@ -1,8 +1,11 @@
-"""Entity pools, partitioned between the train and held-out splits.
+"""Entity pools, partitioned between the splits.
 
-No name, company or project occurs in both splits, so held-out tasks test
-generalisation to unseen entities (and, for injections, unseen attack
-templates). The user of every world is the fixed `USER`, outside the pools.
+Three disjoint pools: `train`, `validation` (its own entities, so choosing
+settings on it does not see the test entities) and `test` (the `test` and
+`test_ood` splits; the former held-out pool). No name, company or project
+occurs in two pools, so evaluation tasks test generalisation to unseen
+entities (and, for injections, unseen attack templates). The user of every
+world is the fixed `USER`, outside the pools.
 """
 from __future__ import annotations
 
@@ -35,7 +38,19 @@ POOLS = {
             "Horizon",
         ],
     },
-    "heldout": {
+    "validation": {
+        "people": [
+            "Anika Rahman", "Bruno Castillo", "Daria Sokolova", "Emeka Obi",
+            "Farah Nasser", "Gustav Lund", "Hyejin Choi", "Idris Kamara",
+            "Johanna Weiss", "Yusuf Asante", "Lucia Romano", "Mateo Herrera",
+        ],
+        "companies": [
+            "Osprey Dynamics", "Pelican Bakery", "Quill Publishing",
+            "Rook Security", "Saffron Events", "Tangent Robotics",
+        ],
+        "projects": ["Obsidian", "Paragon", "Quantum", "Radiant", "Solstice"],
+    },
+    "test": {
         "people": [
             "Nadia Volkova", "Ethan Brooks", "Mei Lin", "Kwame Mensah",
             "Isabel Garcia", "Jonas Lindqvist", "Leila Farouk", "Marco Bianchi",
@@ -96,12 +111,14 @@ def code(rng: random.Random, prefix: str) -> str:
 
 
 # Fresh entities for pretraining-style data (`tasks.resample`): names,
-# companies and projects that occur in neither split's pool, half from word
+# companies and projects that occur in no split's pool, half from word
 # lists, half spelled from random syllables, so a model trained on them must
 # copy entities from its context instead of memorising a pool. The words of
-# held-out names (first and last names, a company's first word, projects)
-# are excluded (`_HELDOUT_WORDS`), so held-out entities stay unseen; generic
-# company suffixes ("Labs", "Media") are shared.
+# validation and test names (first and last names, a company's first word,
+# projects) are excluded (`_EVAL_WORDS`), so evaluation entities stay
+# unseen; generic company suffixes ("Labs", "Media") are shared. (No
+# validation word is in the word lists or spelled by syllables, so adding
+# that pool changed no fresh entity.)
 _FIRST = (
     "Adam", "Agnes", "Alan", "Alice", "Amir", "Anna", "Arjun", "Beatriz",
     "Ben", "Bianca", "Boris", "Carla", "Chloe", "Clara", "Dario", "David",
@@ -134,10 +151,12 @@ _PROJECT_WORDS = (
     "Quasar", "Sierra", "Tundra", "Vega", "Zephyr")
 _SYLLABLES = ("ba", "da", "el", "fi", "go", "ka", "li", "mar", "no", "ra",
               "sa", "ti", "ven", "zo", "lu", "ber", "mi", "tor", "an", "ko")
-_HELDOUT_WORDS = frozenset(
-    [word for person in POOLS["heldout"]["people"] for word in person.split()]
-    + [company.split()[0] for company in POOLS["heldout"]["companies"]]
-    + POOLS["heldout"]["projects"])
+_EVAL_WORDS = frozenset(
+    [word for split in ("validation", "test")
+     for person in POOLS[split]["people"] for word in person.split()]
+    + [company.split()[0] for split in ("validation", "test")
+       for company in POOLS[split]["companies"]]
+    + POOLS["validation"]["projects"] + POOLS["test"]["projects"])
 
 
 def _syllable_word(rng: random.Random) -> str:
@@ -148,15 +167,15 @@ def _syllable_word(rng: random.Random) -> str:
 def _fresh_word(rng: random.Random, words: Sequence[str]) -> str:
   while True:
     word = rng.choice(words) if rng.random() < 0.5 else _syllable_word(rng)
-    if word not in _HELDOUT_WORDS:
+    if word not in _EVAL_WORDS:
       return word
 
 
 def fresh_pool(rng: random.Random, people: int = 12, companies: int = 6,
                projects: int = 5) -> dict[str, list[str]]:
-  """A pool of distinct fresh entities, as large as `POOLS["heldout"]`
+  """A pool of distinct fresh entities, as large as `POOLS["test"]`
   (episodes list whole pools, e.g. the workspace contacts, so a larger pool
-  makes longer episodes than the held-out ones)."""
+  makes longer episodes than the test ones)."""
   def distinct(make, n, key):
     out, keys = [], set()
     while len(out) < n:
