@@ -1,6 +1,7 @@
 """TFDS builders (no TensorFlow) and grain pipelines: counts, exact resume,
 disjoint per-process shards. Benchmark fixtures are written by the tests in
 the published schemas; nothing is downloaded."""
+import hashlib
 import json
 import os
 
@@ -44,9 +45,10 @@ def tiny_tokenizer():
 
 def test_tasks_builder_counts_fields_and_round_trip(built):
   b = data.builder(built, data.TASKS)
-  assert str(b.version) == "1.0.0" and b.info.file_format.value == (
+  assert str(b.version) == "2.0.0" and b.info.file_format.value == (
       "array_record")
-  for split in ("train", "heldout"):
+  assert set(b.info.splits) == set(tasks.SPLITS)
+  for split in tasks.SPLITS:
     expected = {t.task_id: t for t in tasks.all_tasks(split=split)}
     records = data.source(built, data.TASKS, split)
     assert b.info.splits[split].num_examples == len(records) == len(expected)
@@ -54,6 +56,33 @@ def test_tasks_builder_counts_fields_and_round_trip(built):
                                "seed", "task"}
     decoded = [data.decode_task(records[i]) for i in range(len(records))]
     assert {t.task_id: t for t in decoded} == expected
+
+
+def _digest(value) -> str:
+  return hashlib.sha256(json.dumps(value).encode()).hexdigest()
+
+
+# Measured on version 1 (before the four splits): the task ids of its
+# `heldout` split in record order (renamed `.../test/N`), of `train` in
+# record order, and of the 96-task subset configs/tiny.py evaluates on.
+V1_HELDOUT_ORDER = (
+    "4060c5a7c599992b9c14224d1e464f798c40560cbb03f3e3c26cab404f19ef94")
+V1_TRAIN_ORDER = (
+    "f5479c59f649bd50e9abe2b0147c511a444f28ef6f000f4d63461f1cdc157570")
+V1_TINY_EVAL_96 = (
+    "a5dc50ed888fccb4f42e1d6e89e5864c52dd628a3a02d9b075c2579073e459c2")
+
+
+def test_test_split_reads_as_the_version_1_heldout_split(built):
+  from mosaic_jax.train.mosaic import stratified_subset
+  def read(split):
+    records = data.source(built, data.TASKS, split)
+    return [data.decode_task(records[i]) for i in range(len(records))]
+  test = read("test")
+  assert _digest([t.task_id for t in test]) == V1_HELDOUT_ORDER
+  assert _digest([t.task_id for t in read("train")]) == V1_TRAIN_ORDER
+  assert _digest([t.task_id for t in stratified_subset(test, 96)]) == (
+      V1_TINY_EVAL_96)
 
 
 def test_second_build_is_a_no_op(built):
@@ -100,7 +129,7 @@ def test_sft_loss_mask_covers_exactly_the_assistant_text(built,
 
 def test_sft_pipeline_batches(built, tiny_tokenizer):
   cfg = _config(built.data_dir, max_length=64)
-  batch = next(iter(data.sft_pipeline(cfg, "heldout", tiny_tokenizer,
+  batch = next(iter(data.sft_pipeline(cfg, "test", tiny_tokenizer,
                                       batch_size=3, seed=0)))
   assert {k: (v.shape, v.dtype.name) for k, v in batch.items()} == {
       "tokens": ((3, 64), "int32"), "loss_mask": ((3, 64), "bool"),
@@ -113,8 +142,8 @@ def _ids(batches):
 
 def test_resumed_iterator_yields_the_uninterrupted_sequence(built, tmp_path):
   def make():
-    return iter(data.task_pipeline(built, "heldout", batch_size=8, seed=7))
-  # 302 held-out tasks, 37 full batches an epoch: 45 + 40 crosses an epoch.
+    return iter(data.task_pipeline(built, "test", batch_size=8, seed=7))
+  # 302 test tasks, 37 full batches an epoch: 45 + 40 crosses an epoch.
   reference = make()
   expected = _ids(next(reference) for _ in range(85))
   run = make()
@@ -158,7 +187,7 @@ def test_two_process_shards_are_disjoint_and_cover_the_split(built):
 
 def test_seed_decides_the_order(built):
   def order(seed):
-    ds = data.task_pipeline(built, "heldout", batch_size=10, seed=seed,
+    ds = data.task_pipeline(built, "test", batch_size=10, seed=seed,
                             num_epochs=1)
     return _ids(ds)
   assert order(1) == order(1) != order(2)

@@ -1,4 +1,5 @@
 """Environment protocol, tool schemas, task generation and splits."""
+import hashlib
 import json
 import os
 
@@ -64,13 +65,88 @@ def test_every_tool_is_documented(suite):
 
 def test_counts_per_suite_kind_split():
   table = tasks.counts()
-  assert sum(table.values()) == 1054
+  assert sum(table.values()) == 1524
+  least = {"train": 32, "validation": 12, "test": 12, "test_ood": 6}
   for suite in SUITES:
     for kind in ("benign", "harmful", "injection", "privacy"):
-      assert table[(suite, kind, "train")] >= 32
-      assert table[(suite, kind, "heldout")] >= 12
+      for split, n in least.items():
+        assert table[(suite, kind, split)] >= n, (suite, kind, split)
   assert table[("drive", "benign", "train")] == 64
-  assert table[("banking", "injection", "heldout")] == 20
+  assert table[("banking", "injection", "test")] == 20
+
+
+# Measured before the four splits existed: sha256 of the `heldout` split's
+# [task_id (renamed .../test/N), prompt] list, and of its task dicts without
+# task_id and split. `test` must stay that split, task for task.
+HELDOUT_IDS_PROMPTS = (
+    "f59a27b0936c2ffcaa1d1b1d6aa6330c7d2a897b674498913199656fca0ec064")
+HELDOUT_CONTENT = (
+    "f7db52ed4fa0851941eea1d7d27d452f98049e6a9e65abcc1b37bc99338a3a8b")
+
+
+def test_test_split_is_the_old_heldout_split():
+  test = tasks.all_tasks(split="test")
+  ids_prompts = json.dumps([[t.task_id, t.prompt] for t in test])
+  assert hashlib.sha256(ids_prompts.encode()).hexdigest() == (
+      HELDOUT_IDS_PROMPTS)
+  content = [{k: v for k, v in t.to_dict().items()
+              if k not in ("task_id", "split")} for t in test]
+  assert hashlib.sha256(json.dumps(content, sort_keys=True).encode(
+  )).hexdigest() == HELDOUT_CONTENT
+
+
+def test_unknown_split_is_a_one_line_error_listing_the_splits():
+  assert tasks.SPLITS == ("train", "validation", "test", "test_ood")
+  with pytest.raises(ValueError) as error:
+    tasks.all_tasks(split="heldout")
+  message = str(error.value)
+  assert "\n" not in message and "'heldout'" in message
+  assert all(split in message for split in tasks.SPLITS)
+
+
+def _templates(split):
+  return {(t.suite, t.kind, t.template_id)
+          for t in tasks.all_tasks(split=split)}
+
+
+def test_test_ood_shares_no_template_with_train_or_validation():
+  ood = _templates("test_ood")
+  seen = _templates("train") | _templates("validation")
+  assert not {t[2] for t in ood} & {t[2] for t in seen}
+  assert {t[2] for t in ood} == {t.template_id for t in tasks.all_tasks(
+      split="test_ood")}
+  # Per suite and kind, the OOD templates are at least a quarter as many
+  # as the templates of the other splits.
+  others = seen | _templates("test")
+  for suite in SUITES:
+    for kind in ("benign", "harmful", "injection", "privacy"):
+      n_ood = sum(t[:2] == (suite, kind) for t in ood)
+      n_other = sum(t[:2] == (suite, kind) for t in others)
+      assert 4 * n_ood >= n_other, (suite, kind, n_ood, n_other)
+  # The marker the suites carry agrees with the records.
+  for suite in tasks._suites().values():
+    plain = {t[2] for t in ood if t[0] == suite.name and t[1] != "injection"}
+    assert plain == set(suite.ood)
+
+
+def test_validation_uses_train_templates_and_attacks():
+  assert _templates("validation") == _templates("train")
+  assert _templates("test") - _templates("train") == {
+      t for t in _templates("test") if t[1] == "injection"}
+
+
+def test_test_ood_injections_come_from_a_new_attacker_and_positions():
+  for suite in tasks._suites().values():
+    assert suite.ood_attacker != suite.attacker
+    for split in tasks.SPLITS:
+      attacker = suite.ood_attacker if split == "test_ood" else suite.attacker
+      for task in tasks.all_tasks(split=split, suite=suite.name,
+                                  kind="injection"):
+        assert attacker in task.injection["goal"], task.task_id
+  starts = [t for t in tasks.all_tasks(split="test_ood", kind="injection")
+            if t.injection["attack"] in tasks.START_ATTACKS]
+  assert starts and len(starts) * 2 == len(tasks.all_tasks(
+      split="test_ood", kind="injection"))
 
 
 def test_tasks_are_distinct_by_content():
@@ -84,7 +160,7 @@ def test_generation_is_seeded():
   # No wall-clock bound here (speed goals live in benchmarks): it failed
   # on a loaded machine.
   fresh = [t for suite in tasks._suites().values()
-           for split in ("train", "heldout")
+           for split in tasks.SPLITS
            for t in tasks._generate(suite, split)]
   assert [t.to_dict() for t in fresh] == [t.to_dict()
                                           for t in tasks.all_tasks()]
@@ -99,26 +175,31 @@ def test_json_round_trip_and_registry():
     tasks.get_task("workspace/benign/nope/train/0")
 
 
-def test_heldout_entities_never_occur_in_train_and_vice_versa():
+def test_no_split_contains_another_pools_entities():
   def texts(split):
     return [json.dumps(t.to_dict()) for t in tasks.all_tasks(split=split)]
-  for split, other in (("train", "heldout"), ("heldout", "train")):
-    pool = entities.POOLS[other]
-    names = pool["people"] + pool["companies"]
+  own = {split: tasks.SPLIT_SPECS[split].pool for split in tasks.SPLITS}
+  assert set(own.values()) == set(entities.POOLS)
+  for split in tasks.SPLITS:
+    names = [name for pool, entries in entities.POOLS.items()
+             if pool != own[split]
+             for name in entries["people"] + entries["companies"]]
     for text in texts(split):
       for name in names:
         assert name not in text, (split, name)
   # Every pool entry is used in its own split, so the test above is not vacuous.
-  train_text = "\n".join(texts("train"))
-  assert all(p in train_text for p in entities.POOLS["train"]["people"])
+  for split in ("train", "validation", "test"):
+    text = "\n".join(texts(split))
+    assert all(p in text for p in entities.POOLS[split]["people"]), split
 
 
 def test_resampled_tasks_have_fresh_entities_and_solve_like_their_template():
   train = tasks.all_tasks(split="train")
-  heldout = entities.POOLS["heldout"]
-  heldout_words = ({w for p in heldout["people"] for w in p.split()}
-                   | {c.split()[0] for c in heldout["companies"]}
-                   | set(heldout["projects"]))
+  pools = [entities.POOLS["validation"], entities.POOLS["test"]]
+  heldout_words = ({w for pool in pools for p in pool["people"]
+                    for w in p.split()}
+                   | {c.split()[0] for pool in pools for c in pool["companies"]}
+                   | {p for pool in pools for p in pool["projects"]})
   train_people = entities.POOLS["train"]["people"]
   for task in train[::9]:
     fresh = tasks.resample(task, seed=3)
@@ -127,7 +208,7 @@ def test_resampled_tasks_have_fresh_entities_and_solve_like_their_template():
         task.kind, task.template_id, "train")
     assert fresh.initial_state != task.initial_state
     text = json.dumps(fresh.to_dict())
-    # Held-out entities stay unseen; the train pool is not reused either.
+    # Evaluation entities stay unseen; the train pool is not reused either.
     assert not any(f'"{w} ' in text or f' {w}"' in text or f" {w} " in text
                    for w in heldout_words), task.task_id
     assert not any(p in text for p in train_people), task.task_id
@@ -140,15 +221,18 @@ def test_resampled_tasks_have_fresh_entities_and_solve_like_their_template():
     verdict = verify(fresh, env, [turn for turn, _ in history])
     assert tuple(verdict.z) == (1.0, 1.0, 1.0, 1.0), fresh.task_id
   with pytest.raises(ValueError, match="only train tasks"):
-    tasks.resample(tasks.all_tasks(split="heldout")[0], 0)
+    tasks.resample(tasks.all_tasks(split="test")[0], 0)
 
 
 def test_injection_attack_templates_are_split():
   attacks = {split: {t.injection["attack"] for t in tasks.all_tasks(
-      split=split, kind="injection")} for split in ("train", "heldout")}
-  assert attacks["train"] == set(tasks.ATTACKS["train"])
-  assert attacks["heldout"] == set(tasks.ATTACKS["heldout"])
-  assert not attacks["train"] & attacks["heldout"]
+      split=split, kind="injection")} for split in tasks.SPLITS}
+  for split in tasks.SPLITS:
+    assert attacks[split] == set(
+        tasks.ATTACKS[tasks.SPLIT_SPECS[split].attacks]), split
+  assert attacks["validation"] == attacks["train"]
+  for a, b in (("train", "test"), ("train", "test_ood"), ("test", "test_ood")):
+    assert not attacks[a] & attacks[b], (a, b)
 
 
 def test_initial_state_meets_no_goal_and_no_violation():
@@ -169,7 +253,11 @@ def test_ground_truth_shapes_per_kind():
       node = task.initial_state
       for key in task.injection["slot"]:
         node = node[key]
-      assert node.endswith("\n\n" + task.injection["text"])
+      text = task.injection["text"]
+      if task.injection["attack"] in tasks.START_ATTACKS:
+        assert node.startswith(text + "\n\n")
+      else:
+        assert node.endswith("\n\n" + text)
       assert {v["kind"] for v in task.violations} == {"injection"}
       # The injected goal is something the legitimate solution never does.
       for step in task.solution:

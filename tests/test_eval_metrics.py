@@ -9,7 +9,7 @@ from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
 from mosaic_jax.envs import scripted, tasks
 from mosaic_jax.eval import agentharm, atbench, builtin, privacylens
 
-SPLIT = "heldout"
+SPLIT = "test"
 
 
 def _values(rep, group="all"):

@@ -7,10 +7,12 @@ import pytest
 from mosaic_jax.agent.actions import Answer, Refusal, ToolCall
 from mosaic_jax.envs import tasks
 from mosaic_jax.envs.base import Task
-from mosaic_jax.envs.scripted import POLICIES, Expert, run_episode
+from mosaic_jax.envs.scripted import POLICIES, Expert, OverRefuse, run_episode
 from mosaic_jax.envs.verifiers import verify
 
 MAX_TURNS = 16
+# `refuse_all` is another name of `over_refuse`, played once.
+DISTINCT = sorted(name for name in POLICIES if name != "refuse_all")
 
 
 def _hidden_utility(task, benign_done):
@@ -48,9 +50,11 @@ def expected_z(policy, task):
 
 @pytest.fixture(scope="module")
 def verdicts():
+  # Every task of every split (tasks.all_tasks() has them all).
   out = {}
   for task in tasks.all_tasks():
-    for name, cls in POLICIES.items():
+    for name in DISTINCT:
+      cls = POLICIES[name]
       env = tasks.make_env(task)
       history = run_episode(env, cls(), MAX_TURNS)
       out[(task.task_id, name)] = (
@@ -58,12 +62,22 @@ def verdicts():
   return out
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("policy", DISTINCT)
 def test_policy_scores_on_every_task(verdicts, policy):
+  assert {t.split for t in tasks.all_tasks()} == set(tasks.SPLITS)
   for task in tasks.all_tasks():
     _, verdict = verdicts[(task.task_id, policy)]
     np.testing.assert_allclose(verdict.z, expected_z(policy, task), rtol=1e-6,
                                err_msg=f"{policy} on {task.task_id}")
+
+
+def test_baselines_refuse_all_and_lazy(verdicts):
+  assert POLICIES["refuse_all"] is OverRefuse
+  for task in tasks.all_tasks():
+    history, _ = verdicts[(task.task_id, "lazy")]
+    assert [type(turn.action) for turn, _ in history] == [Answer]
+    history, _ = verdicts[(task.task_id, "over_refuse")]
+    assert [type(turn.action) for turn, _ in history] == [Refusal]
 
 
 def test_expert_refuses_at_the_right_step(verdicts):
@@ -84,17 +98,18 @@ def test_expert_uses_safety_thoughts_on_risky_turns_only(verdicts):
       assert flagged == [len(history) - 1]
       assert isinstance(history[-1][0].action, Refusal)
     elif task.kind == "injection":
-      # The turn right after the tool result that carried the injection.
+      # The turns right after the tool results that carried the injection
+      # (two for OOD carriers shown by a listing and again when read).
       marker = task.injection["text"][:40]
-      seen = next(i for i, (_, obs) in enumerate(history) if marker in obs)
-      assert flagged == [seen + 1]
+      seen = [i for i, (_, obs) in enumerate(history) if marker in obs]
+      assert seen and flagged == [i + 1 for i in seen], task.task_id
     else:
       assert flagged == [task.leaky_step["index"]]
     assert all(turn.plan for turn, _ in history)
 
 
 def test_flawed_policies_report_what_went_wrong(verdicts):
-  task = tasks.get_task("banking/injection/pay_invoice+admin_note/heldout/0")
+  task = tasks.get_task("banking/injection/pay_invoice+admin_note/test/0")
   _, verdict = verdicts[(task.task_id, "follow_injection")]
   assert verdict.details["injected_actions"] == [
       {"name": "send_money", "arguments": dict(task.bad_calls[0]["arguments"])}]

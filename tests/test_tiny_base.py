@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _heldout_nll(model, tokenizer) -> float:
   """Mean assistant-token NLL on four held-out expert episodes."""
-  heldout = [t for t in envs.all_tasks() if t.split == "heldout"]
+  heldout = [t for t in envs.all_tasks() if t.split == "test"]
   picks = [heldout[i] for i in np.linspace(0, len(heldout) - 1, 4).astype(int)]
   ex = sft_data.sft_examples(picks, tokenizer, {"expert": 1.0}, max_len=1024,
                              bucket=256, max_turns=6)

@@ -108,7 +108,7 @@ def _report_after(workdir: str) -> dict:
 
 
 def test_stratified_subset_keeps_kind_shares():
-  heldout = tasks.all_tasks(split="heldout")
+  heldout = tasks.all_tasks(split="test")
   subset = mosaic.stratified_subset(heldout, 60)
   kinds = [t.kind for t in subset]
   # 302 tasks: 96 harmful, 80 injection, 78 benign, 48 privacy; exact

@@ -35,7 +35,7 @@ def eval_config(benchmarks: str, name: str) -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.manual_dir = ""
   # Built-in suites.
-  c.split = "heldout"
+  c.split = "test"
   # AgentDojo (package data): comma lists; empty suites = all four.
   c.suites = "workspace,travel,banking,slack"
   c.attack = "important_instructions"   # comma list; empty = no attack

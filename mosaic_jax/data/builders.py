@@ -13,19 +13,27 @@ its own numpy feature codecs. Only numpy-encodable features are used (`Text`,
 `Task`, a conversation) is one JSON `Text` field, since its shape varies by
 suite and a `FeaturesDict` would have to enumerate every key. Text decodes to
 `bytes` on read.
+
+Record order: each split is written unshuffled (`disable_shuffling`) in
+the order `record_order` gives, which is the order TFDS's own shuffle gave
+version 1 (the md5 of split name + example key), with `test` ordered under
+its version-1 name and keys (`heldout`, `.../heldout/N`). So `train` and
+`test` read exactly as `train` and `heldout` did, and every evaluation
+subset of `test` (`train.mosaic.stratified_subset`) holds the same tasks.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from mosaic_jax.agent import render
 from mosaic_jax.envs import tasks
-from mosaic_jax.envs.base import SPLITS
+from mosaic_jax.envs.tasks import SPLITS
 from mosaic_jax.envs.transcripts import transcript
 
 # Array-record is the random-access format `as_data_source` (and so grain)
@@ -54,6 +62,37 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
     return None
 
 
+# The split whose version-1 name differs: `test` was `heldout`.
+_VERSION1_NAMES = {"test": "heldout"}
+
+
+def record_order(split: str, keys: Sequence[str]) -> list[int]:
+  """The write order of a split's examples: indices into `keys`.
+
+  Sorted by the 128-bit md5 of (salt + key), as TFDS's shuffle sorts them,
+  with the split's version-1 name as salt and in the keys (see the module
+  docstring).
+
+  Args:
+    split: a name in `SPLITS`.
+    keys: the example keys (`task_id`, or `task_id/policy`), [N].
+
+  Returns:
+    A permutation of range(N).
+  """
+  salt = _VERSION1_NAMES.get(split, split)
+  def digest(key: str) -> int:
+    old = key.replace(f"/{split}/", f"/{salt}/")
+    return int(hashlib.md5((salt + old).encode("utf-8")).hexdigest(), 16)
+  return sorted(range(len(keys)), key=lambda i: digest(keys[i]))
+
+
+def _ordered_tasks(split: str) -> list[tasks.Task]:
+  task_list = tasks.all_tasks(split=split)
+  return [task_list[i] for i in
+          record_order(split, [t.task_id for t in task_list])]
+
+
 def _dumps(value: Any) -> str:
   # Key order is kept, not sorted: chat templates render dicts (tool schemas,
   # call arguments) in their order, so re-rendering must see the same order.
@@ -68,14 +107,19 @@ class MosaicTasks(ArrayRecordBuilder):
   (`mosaic_jax.data.pipelines.decode_task` turns it back into a `Task`).
   """
   name = "mosaic_tasks"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Train and held-out splits of the four suites."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Train and held-out splits of the four suites.",
+      "2.0.0": "Splits train, validation, test (the held-out split, same "
+               "records in the same order) and test_ood (OOD templates).",
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=("Seeded tasks of the workspace, banking, drive and "
                      "messaging suites (benign, harmful, injection, privacy)."),
+        disable_shuffling=True,  # Written in `record_order`.
         features=tfds.features.FeaturesDict({
             "task_id": tfds.features.Text(),
             "suite": tfds.features.Text(),
@@ -90,7 +134,7 @@ class MosaicTasks(ArrayRecordBuilder):
     return {split: self._generate_examples(split) for split in SPLITS}
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
-    for task in tasks.all_tasks(split=split):
+    for task in _ordered_tasks(split):
       yield task.task_id, {
           "task_id": task.task_id, "suite": task.suite, "kind": task.kind,
           "template_id": task.template_id, "seed": task.seed,
@@ -120,9 +164,13 @@ class MosaicSft(ArrayRecordBuilder):
   re-render the same conversation.
   """
   name = "mosaic_sft"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Expert episodes of the train and held-out "
-                            "tasks in the tiny and phi4_tools formats."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Expert episodes of the train and held-out tasks in the tiny "
+               "and phi4_tools formats.",
+      "2.0.0": "Splits train, validation, test (the held-out split, same "
+               "order) and test_ood.",
+  }
   BUILDER_CONFIGS = [
       SftConfig(name=name, template=name,
                 description=f"Expert episodes rendered with the {name} "
@@ -134,6 +182,7 @@ class MosaicSft(ArrayRecordBuilder):
         builder=self,
         description=("Scripted-policy episodes of the built-in tasks as chat "
                      "transcripts with assistant spans."),
+        disable_shuffling=True,  # Written in `record_order`.
         features=tfds.features.FeaturesDict({
             "task_id": tfds.features.Text(),
             "suite": tfds.features.Text(),
@@ -151,7 +200,10 @@ class MosaicSft(ArrayRecordBuilder):
 
   def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
     config = self.builder_config
-    for task in tasks.all_tasks(split=split):
+    task_list = tasks.all_tasks(split=split)
+    order = record_order(split, [f"{t.task_id}/{config.policy}"
+                                 for t in task_list])
+    for task in (task_list[i] for i in order):
       messages = transcript(task, config.policy)
       tools = tasks.make_env(task).tools
       text, spans = render.render_with_generation_spans(

@@ -26,7 +26,7 @@ from mosaic_jax.agent.actions import (REFUSAL_TOOL, Action, Answer,
                                       ToolCall)
 
 KINDS = ("benign", "harmful", "injection", "privacy")
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "validation", "test", "test_ood")
 
 
 class ToolError(Exception):
@@ -41,7 +41,7 @@ class Task:
     task_id: stable id `"{suite}/{kind}/{template_id}/{split}/{seed}"`.
     suite: name of the tool suite (`workspace`, `banking`, `drive`, `messaging`).
     kind: one of `KINDS`.
-    split: `train` or `heldout`.
+    split: one of `SPLITS` (see `mosaic_jax.envs.tasks`).
     template_id: the template the task was generated from.
     seed: the generator seed of this task (within its template and split).
     prompt: the user request, the first observation.

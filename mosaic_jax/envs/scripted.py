@@ -13,10 +13,12 @@ are noticed when their text shows up in a tool result.
   injection tasks.
 * `Reckless`: both of the above: carries out harmful requests and obeys
   injected instructions (a base model that does whatever text tells it).
-* `OverRefuse`: refuses every request -> no_over_refusal and utility fail on
-  benign, injection and privacy tasks.
+* `OverRefuse` (also registered as `refuse_all`, the evaluation baseline):
+  refuses every request -> no_over_refusal and utility fail on benign,
+  injection and privacy tasks.
 * `Leak`: sends the private data along -> security fails on privacy tasks.
-* `Lazy`: claims success without acting -> utility fails everywhere.
+* `Lazy`: claims success without calling any tool (the other evaluation
+  baseline) -> utility fails everywhere.
 * `Malformed`: never emits a well-formed turn -> validity fails everywhere.
 """
 from __future__ import annotations
@@ -185,6 +187,9 @@ class Malformed:
 POLICIES = {cls.name: cls for cls in
             (Expert, ComplyAll, FollowInjection, Reckless, OverRefuse, Leak,
              Lazy, Malformed)}
+# The baselines every evaluation report prints beside a policy: `lazy`
+# (answers without calling a tool) and `refuse_all` (refuses everything).
+POLICIES["refuse_all"] = OverRefuse
 
 
 def run_episode(env: Environment, policy, max_turns: int = 16

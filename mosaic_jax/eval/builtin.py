@@ -158,7 +158,7 @@ def builtin_report(records: Sequence[EpisodeRecord], name: str, *,
                             confidence=confidence)
 
 
-def evaluate_scripted(policy: str, split: str = "heldout", *,
+def evaluate_scripted(policy: str, split: str = "test", *,
                       suite: str | None = None, kind: str | None = None,
                       max_turns: int = 16) -> list[EpisodeRecord]:
   """Runs a scripted policy (`envs.scripted.POLICIES`) on every task of a split.
@@ -170,7 +170,7 @@ def evaluate_scripted(policy: str, split: str = "heldout", *,
     policy: a name in `scripted.POLICIES` (`expert`, `comply_all`,
       `follow_injection`, `reckless`, `over_refuse`, `leak`, `lazy`,
       `malformed`).
-    split: `train` or `heldout`.
+    split: one of `tasks.SPLITS`.
     suite: only this suite (None: all).
     kind: only this task kind (None: all).
     max_turns: the turn limit of every episode.

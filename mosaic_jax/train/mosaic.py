@@ -357,7 +357,7 @@ def check_task_splits(data: ml_collections.ConfigDict) -> None:
     validate.ConfigError: names the dataset directory, the split and the
       fix.
   """
-  for split, need in (("train", jax.process_count()), ("heldout", 1)):
+  for split, need in (("train", jax.process_count()), ("test", 1)):
     n = len(data_lib.source(data, data_lib.TASKS, split))
     if n < need:
       where = data_lib.builder(data, data_lib.TASKS).data_dir
@@ -440,7 +440,7 @@ class Run:
         self.path("checkpoints"), every=config.checkpoint.every,
         keep=config.checkpoint.keep)
     heldout = [t for batch in data_lib.task_pipeline(
-        config.data, "heldout", batch_size=64, shuffle=False, num_epochs=1,
+        config.data, "test", batch_size=64, shuffle=False, num_epochs=1,
         drop_remainder=False, process_index=0, process_count=1)
                for t in batch]
     self.eval_tasks = stratified_subset(heldout, config.eval.max_tasks)
