@@ -190,30 +190,34 @@ class Checkpointer:
             "Resume it with the model config that wrote it, or set "
             "--config.workdir to a new directory for this model")
 
+  def _metadata_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """The saved params' shapes of `step`, from its metadata (raises
+    whatever orbax raises for a damaged step)."""
+    meta = self._manager.item_metadata(step)["state"]
+    if meta is None:
+      raise FileNotFoundError("state/_METADATA is missing or unreadable")
+    shapes = _shapes(meta["params"])
+    if not shapes:
+      raise ValueError("no params in its metadata")
+    return shapes
+
   def _param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
-    """The saved params' shapes of `step`, from its metadata.
+    """`_metadata_shapes`, a damaged step reported in one line.
 
     Raises:
       UnreadableCheckpoint: the metadata is missing or damaged (names the
         step directory and the step to fall back to).
     """
     try:
-      meta = self._manager.item_metadata(step)["state"]
-      if meta is None:
-        raise FileNotFoundError("state/_METADATA is missing or unreadable")
-      shapes = _shapes(meta["params"])
+      return self._metadata_shapes(step)
     except Exception as e:  # pylint: disable=broad-except
-      # A missing `state/_METADATA` gives None here; damaged array files
+      # A missing `state/_METADATA` reads as None; damaged array files
       # give tensorstore's errors.
       raise self._unreadable(step, e) from e
-    if not shapes:
-      raise self._unreadable(step, ValueError("no params in its metadata"))
-    return shapes
 
   def _readable(self, step: int) -> bool:
     try:
-      return bool(_shapes(self._manager.item_metadata(step)["state"]
-                          ["params"]))
+      return bool(self._metadata_shapes(step))
     except Exception:  # pylint: disable=broad-except
       return False
 
