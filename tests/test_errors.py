@@ -366,6 +366,18 @@ def test_cli_full_size_config_without_model_path_exits_2(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_cli_evaluate_of_an_empty_model_dir_exits_2(tmp_path):
+  os.makedirs(tmp_path / "empty")
+  out = _cli("experiments.evaluate", "--config=configs/eval/builtin.py",
+             f"--config.checkpoint={tmp_path / 'empty'}",
+             f"--config.output_dir={tmp_path / 'out'}")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path / 'empty'}: no config.json (found: nothing); "
+      "expected an HF safetensors or orbax model directory")
+
+
 # ------------------------------------------------------- benchmark files --
 
 
