@@ -14,6 +14,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       preset=preset,       # mosaic_jax.models.presets name (architecture)
       path="",             # HF safetensors directory; empty: random init of preset
+      # A full-size preset (>= 1B params) without path refuses to start
+      # unless this is True (a random 7B init is never what a run meant).
+      random_init=False,
       dtype="float32",     # parameter dtype
       compute_dtype="float32",
       remat="none",        # none | full | dots | dots_no_batch

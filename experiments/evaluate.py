@@ -12,14 +12,24 @@ interrupted evaluation. --compare takes two report.json files, benchmark
 directories or run directories and prints the side-by-side Markdown (also
 written with the scatter plots to --compare_out, default: the second run's
 directory + "/compare").
+
+Exit status 2 with one line on stderr: a bad flag, a malformed model
+directory (config.json, safetensors, orbax metadata), benchmark file or
+training checkpoint.
 """
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mosaic_jax.eval import harness
-from mosaic_jax.train import validate
+from mosaic_jax.eval import harness, jsonfiles
+from mosaic_jax.models.config import ModelFileError
+from mosaic_jax.train import checkpoint, validate
+
+# Bad input files and settings: one line on stderr, exit status 2.
+INPUT_ERRORS = (validate.ConfigError, ModelFileError, jsonfiles.DatasetError,
+                checkpoint.UnreadableCheckpoint)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "eval config file")
 _COMPARE = flags.DEFINE_multi_string(
@@ -44,7 +54,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("set --config=configs/eval/NAME.py (or --compare)")
-  harness.run(_CONFIG.value)
+  try:
+    harness.run(_CONFIG.value)
+  except INPUT_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   with open(os.path.join(_CONFIG.value.output_dir, harness.SUMMARY_MD),
             encoding="utf-8") as f:
     print(f.read(), end="")

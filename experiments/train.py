@@ -10,9 +10,10 @@ Every output (checkpoints, metrics.jsonl, TensorBoard events, report.json)
 goes under --config.workdir; running the same command again resumes from the
 newest checkpoint. The flow is described in mosaic_jax/train/mosaic.py.
 
-Exit status: 0 done; 2 the config, tokenizer, data or workdir cannot run
-(checked before any compute; the message names the field and the fix) or
-the newest checkpoint is damaged (the message names it);
+Exit status: 0 done; 2 the config, tokenizer, model files, data or workdir
+cannot run (checked before any compute; the message names the field or
+file and the fix) or the newest checkpoint is damaged (the message names it
+and the step to fall back to);
 143 preempted by SIGTERM after checkpointing (rerun to resume); 1 stopped
 after `max_nonfinite_steps` non-finite updates in a row, or any other error.
 """
@@ -25,6 +26,7 @@ from ml_collections import config_flags
 
 from configs import base, fate_settings
 from mosaic_jax import distributed
+from mosaic_jax.models.config import ModelFileError
 from mosaic_jax.train import checkpoint, faults, fate, mosaic, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
@@ -55,7 +57,7 @@ def main(argv):
     validate.check_structure(config, reference_config(config))
     report = run(config)
   except (validate.ConfigError, checkpoint.IncompatibleCheckpoint,
-          checkpoint.UnreadableCheckpoint) as e:
+          checkpoint.UnreadableCheckpoint, ModelFileError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   except faults.Preempted as e:

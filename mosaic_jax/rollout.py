@@ -578,6 +578,14 @@ def _arrays(episodes: Sequence[_Episode], z: np.ndarray, group_ids: np.ndarray,
   return out
 
 
+def prompt_ids(task: Any, tokenizer: Any,
+               make_env: Callable[[Any], Environment] = tasks_lib.make_env
+               ) -> np.ndarray:
+  """`[P]` int32 ids of a task's first prompt, exactly as `rollout` feeds
+  it (system and user message, the tool list, the assistant header)."""
+  return _Engine(tokenizer, None, make_env).start(task, 1)[1]
+
+
 def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
             config: RolloutConfig, *,
             make_env: Callable[[Any], Environment] = tasks_lib.make_env,

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping, Sequence
+
+# Deepest nesting a benchmark file may have: the published schemas nest a
+# handful of levels; Python's parser dies of recursion near 1,000.
+MAX_DEPTH = 64
+# Strings (skipped whole), structure characters and the non-standard
+# literals Python's json accepts (NaN, Infinity, -Infinity).
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]|-?Infinity|NaN')
 
 
 class DatasetError(ValueError):
@@ -26,12 +34,91 @@ def read_json(path: str | os.PathLike) -> Any:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise DatasetError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    raw = f.read()
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    prefix = raw[:e.start].decode("utf-8", errors="replace")
+    where, _ = scan(prefix + " ")
+    raise DatasetError(
+        f"{path}: not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} "
+        f"({_position(prefix, len(prefix))}, in {where}); re-save the "
+        "file as UTF-8") from None
+  where, problem = scan(text)
+  if problem:
+    raise DatasetError(f"{path}: {where}: {problem}")
+  try:
+    return json.loads(text)
   except json.JSONDecodeError as e:
     raise DatasetError(f"{path}: invalid JSON at line {e.lineno} column "
                        f"{e.colno}: {e.msg}") from e
+
+
+def _position(text: str, offset: int) -> str:
+  line = text.count("\n", 0, offset) + 1
+  return f"line {line} column {offset - text.rfind(chr(10), 0, offset)}"
+
+
+def _path_text(stack: list[list[Any]]) -> str:
+  """`behaviors[3].prompt` for the open containers' current members."""
+  parts = []
+  for kind, index, key in stack:
+    if kind == "[":
+      parts.append(f"[{index}]")
+    elif key is not None:
+      parts.append(f".{key}")
+  if len(parts) > 8:
+    parts = parts[:8] + [f"... ({len(parts) - 8} more levels)"]
+  text = "".join(parts).lstrip(".")
+  return f"record {text}" if text else "the top level"
+
+
+def scan(text: str, max_depth: int = MAX_DEPTH) -> tuple[str, str | None]:
+  """Where the end of `text` is, and the first thing Python's parser would
+  accept but a benchmark file must not have, without parsing values.
+
+  Walks strings and structure characters only (a regular expression, so
+  it is linear and never recurses). Problems: nesting deeper than
+  `max_depth`, and the non-standard literals `NaN`, `Infinity`, `-Infinity`.
+
+  Returns:
+    (`record behaviors[3].prompt` or `the top level`: the member being
+    read where the scan stopped, the problem with its line and column or
+    None).
+  """
+  stack: list[list[Any]] = []  # [kind, element index, current key]
+  last_string = None
+  for m in _TOKENS.finditer(text):
+    token = m.group()
+    if token[0] == '"':
+      last_string = token
+      continue
+    if token in ("[", "{"):
+      stack.append([token, 0, None])
+      if len(stack) > max_depth:
+        return (_path_text(stack[:-1]),
+                f"nested deeper than {max_depth} levels at "
+                f"{_position(text, m.start())}")
+    elif token in ("]", "}"):
+      if stack:
+        stack.pop()
+    elif token == ",":
+      if stack:
+        stack[-1][1] += 1
+        stack[-1][2] = None
+    elif token == ":":
+      if stack and last_string is not None:
+        try:
+          stack[-1][2] = json.loads(last_string)
+        except ValueError:
+          stack[-1][2] = last_string
+    else:
+      return (_path_text(stack),
+              f"non-finite number {token} at {_position(text, m.start())} "
+              "(JSON has no NaN or Infinity; write null or a finite number)")
+    last_string = None
+  return _path_text(stack), None
 
 
 def record_list(path: str, data: Any, key: str | None = None) -> list[Any]:

@@ -33,6 +33,52 @@ _DTYPES = {
 }
 
 
+class ModelFileError(ValueError):
+  """A model directory's file is missing, malformed or inconsistent; the
+  message names the file and the key."""
+
+
+# HF config.json keys that must be integers >= 1 (when present).
+_POSITIVE_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size",
+                      "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim",
+                      "max_position_embeddings")
+
+
+def _read_hf_json(path: str) -> Mapping[str, Any]:
+  """The JSON object of an HF config.json.
+
+  Raises:
+    ModelFileError: not UTF-8 JSON, or not an object.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ModelFileError(f"{path}: not a JSON config ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
+  if not isinstance(config, dict):
+    raise ModelFileError(f"{path}: must be a JSON object, got "
+                         f"{type(config).__name__}")
+  return config
+
+
+def _check_hf_sizes(config: Mapping[str, Any], source: str) -> None:
+  """Fails unless every size key present is an integer >= 1.
+
+  Raises:
+    ModelFileError: naming the file, the key and the value.
+  """
+  for key in _POSITIVE_INT_KEYS:
+    value = config.get(key)
+    if value is None:
+      continue
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ModelFileError(f"{source}: {key!r} must be an integer >= 1, got "
+                           f"{type(value).__name__} {value!r}")
+
+
 def dtype_name(dtype: Any) -> str:
   """Canonical string name of a dtype (accepts strings, numpy and jnp dtypes)."""
   name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
@@ -172,8 +218,8 @@ class ModelConfig:
       if not os.path.isfile(path):
         raise FileNotFoundError(f"no HF config at {path}")
       source = path
-      with open(path) as f:
-        config = json.load(f)
+      config = _read_hf_json(path)
+    _check_hf_sizes(config, source)
     family = _family_of(config, source)
 
     def get(key, default=dataclasses.MISSING):

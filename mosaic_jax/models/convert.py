@@ -26,9 +26,12 @@ from jax.sharding import Mesh
 from mosaic_jax import sharding as sharding_lib
 from mosaic_jax.models import decoder as decoder_lib
 from mosaic_jax.models import safetensors_io
-from mosaic_jax.models.config import ModelConfig, dtype_name
+from mosaic_jax.models.config import ModelConfig, ModelFileError, dtype_name
 
 _LAYER = "model.layers.{i}."
+# Safetensors dtypes a weight may be stored in (an integer tensor is a
+# relabelled or foreign file: its bytes would load as finite garbage).
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +163,27 @@ def _check_tensors(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
         raise ValueError(
             f"{files.directory}: tensor {name!r} has shape {list(shape)}, "
             f"expected {list(view.hf_shape)} for this config")
+      if files.dtype(name) not in FLOAT_DTYPES:
+        raise safetensors_io.SafetensorsError(
+            f"{files.file_of(name)}: tensor {name!r} has dtype "
+            f"{files.dtype(name)}; weights must be one of "
+            f"{', '.join(FLOAT_DTYPES)}")
+
+
+def _finite(block: np.ndarray, files: safetensors_io.SafetensorsDir,
+            name: str) -> np.ndarray:
+  """`block`, refused if it holds NaN or inf (a broken checkpoint would
+  train on garbage and fail at its first save).
+
+  Raises:
+    SafetensorsError: naming the file and the tensor.
+  """
+  if not np.isfinite(block).all():
+    bad = int(np.size(block) - np.isfinite(block).sum())
+    raise safetensors_io.SafetensorsError(
+        f"{files.file_of(name)}: tensor {name!r} holds {bad} non-finite "
+        "value(s) (NaN or inf); re-export the checkpoint")
+  return block
 
 
 def _reader(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
@@ -167,13 +191,16 @@ def _reader(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
   """index over our (stacked) array -> numpy block of that index."""
   stacked = path[0] == "blocks"
 
+  def one(name: str, index: tuple[slice, ...]) -> np.ndarray:
+    return _finite(view.read(files.array(name), index), files,
+                   name).astype(dtype)
+
   def read(index: tuple[slice, ...]) -> np.ndarray:
     if not stacked:
-      return view.read(files.array(view.hf_name), index).astype(dtype)
+      return one(view.hf_name, index)
     layers = range(*index[0].indices(cfg.num_layers))
-    return np.stack([
-        view.read(files.array(view.hf_name.format(i=i)), index[1:]).astype(dtype)
-        for i in layers])
+    return np.stack([one(view.hf_name.format(i=i), index[1:])
+                     for i in layers])
   return read
 
 
@@ -340,12 +367,106 @@ def load_orbax(path: str, *, dtype=None, mesh: Mesh | None = None,
 
   leaves = [(p, target(p, v)) for p, v in nnx.to_flat_state(abstract)]
   with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(params_dir, nnx.from_flat_state(leaves))
+    try:
+      state = ckptr.restore(params_dir, nnx.from_flat_state(leaves))
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and tensorstore raise many types for damaged files.
+      raise ModelFileError(_orbax_problem(params_dir, e)) from e
   return nnx.merge(graphdef, state)
 
 
+def _orbax_problem(params_dir: str, error: Exception) -> str:
+  """One line for an orbax params directory that cannot be read."""
+  first = str(error).splitlines()[0][:300] if str(error) else ""
+  return (f"{params_dir}: unreadable orbax params ({type(error).__name__}: "
+          f"{first}); re-export the model (convert.save_orbax)")
+
+
+def _orbax_shapes(params_dir: str) -> dict[str, tuple[int, ...]]:
+  """`{"blocks/wq_ldnh": shape}` from an orbax params directory's metadata
+  (no array is read).
+
+  Raises:
+    ModelFileError: the metadata is missing or unreadable.
+  """
+  import orbax.checkpoint as ocp
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      meta = ckptr.metadata(params_dir)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    flat = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  except Exception as e:  # pylint: disable=broad-except
+    raise ModelFileError(_orbax_problem(params_dir, e)) from e
+  out = {}
+  for path, leaf in flat:
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    keys = keys[:-1] if keys and keys[-1] == "value" else keys
+    if hasattr(leaf, "shape"):
+      out["/".join(keys)] = tuple(leaf.shape)
+  if not out:
+    raise ModelFileError(f"{params_dir}: no readable orbax metadata "
+                         "(_METADATA missing or damaged); re-export the "
+                         "model (convert.save_orbax)")
+  return out
+
+
+def check_model_dir(path: str, **config_overrides) -> ModelConfig:
+  """Checks a model directory without loading a weight: its config.json,
+  and the safetensors headers (names, shapes, dtypes) or orbax metadata
+  against it.
+
+  Args:
+    path: an HF safetensors or orbax model directory.
+    **config_overrides: ModelConfig fields to override (as for loading).
+
+  Returns:
+    The directory's ModelConfig.
+
+  Raises:
+    ModelFileError: one line naming the file and the key.
+  """
+  try:
+    return _check_model_dir(path, **config_overrides)
+  except ModelFileError:
+    raise
+  except (OSError, KeyError, ValueError) as e:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    raise ModelFileError(text) from e
+
+
+def _check_model_dir(path: str, **config_overrides) -> ModelConfig:
+  """`check_model_dir` with the readers' own exception types."""
+  path = os.fspath(path)
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    found = sorted(os.listdir(path))[:8] if os.path.isdir(path) else []
+    raise FileNotFoundError(
+        f"{path}: no config.json (found: {', '.join(found) or 'nothing'}); "
+        "expected an HF safetensors or orbax model directory")
+  cfg = ModelConfig.from_hf(path, **config_overrides)
+  params_dir = os.path.join(path, ORBAX_PARAMS)
+  if not os.path.isdir(params_dir):
+    _check_tensors(cfg, safetensors_io.SafetensorsDir(path), _views(cfg))
+    return cfg
+  saved = _orbax_shapes(params_dir)
+  want = {"/".join(p): tuple(v.get_value().shape) for p, v in
+          nnx.to_flat_state(nnx.state(decoder_lib.abstract_model(cfg),
+                                      nnx.Param))}
+  for name in sorted(set(saved) | set(want)):
+    if saved.get(name) != want.get(name):
+      raise ModelFileError(
+          f"{params_dir}: parameter {name!r} is "
+          f"{saved.get(name, 'absent')} there but "
+          f"{want.get(name, 'absent')} by {os.path.join(path, 'config.json')}")
+  return cfg
+
+
 def load_model(path: str, **kwargs) -> decoder_lib.Decoder:
-  """Loads either an HF safetensors directory or an orbax model directory."""
+  """Loads either an HF safetensors directory or an orbax model directory
+  (checked first by `check_model_dir`: a bad file fails before any array is
+  built, in one line)."""
+  check_model_dir(path)
   if os.path.isdir(os.path.join(os.fspath(path), ORBAX_PARAMS)):
     return load_orbax(path, **kwargs)
   return from_pretrained(path, **kwargs)

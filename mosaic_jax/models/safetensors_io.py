@@ -16,6 +16,8 @@ from typing import Callable, Iterator
 import ml_dtypes
 import numpy as np
 
+from mosaic_jax.models.config import ModelFileError
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -28,8 +30,56 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(ModelFileError):
   """A checkpoint file is missing, truncated or inconsistent."""
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_entry(path: str, name: str, entry, data_size: int) -> None:
+  """Fails unless one header entry describes bytes inside the data section.
+
+  Args:
+    path: the file (for the message).
+    name: the tensor's name.
+    entry: its header value, `{dtype, shape, data_offsets: [begin, end]}`.
+    data_size: bytes after the header.
+
+  Raises:
+    SafetensorsError: naming the file, the tensor and the bad key.
+  """
+  where = f"{path}: tensor {name!r}"
+  if not isinstance(entry, dict):
+    raise SafetensorsError(f"{where}: header entry must be an object with "
+                           f"dtype, shape and data_offsets, got "
+                           f"{type(entry).__name__}")
+  for key in ("dtype", "shape", "data_offsets"):
+    if key not in entry:
+      raise SafetensorsError(f"{where}: header entry has no {key!r}")
+  dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+  if not isinstance(dtype, str):
+    raise SafetensorsError(f"{where}: dtype must be a string, got {dtype!r}")
+  if not isinstance(shape, list) or not all(_is_int(d) and d >= 0
+                                            for d in shape):
+    raise SafetensorsError(f"{where}: shape must be a list of integers >= 0, "
+                           f"got {shape!r}")
+  if (not isinstance(offsets, list) or len(offsets) != 2
+      or not all(_is_int(o) for o in offsets)
+      or not 0 <= offsets[0] <= offsets[1]):
+    raise SafetensorsError(f"{where}: data_offsets must be [begin, end] with "
+                           f"0 <= begin <= end, got {offsets!r}")
+  if offsets[1] > data_size:
+    raise SafetensorsError(
+        f"{where}: truncated: data_offsets end at byte {offsets[1]} of the "
+        f"data section, which has {data_size}")
+  if dtype in _DTYPES:
+    want = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != want:
+      raise SafetensorsError(
+          f"{where}: dtype {dtype} and shape {shape} need {want} bytes, but "
+          f"data_offsets {offsets} hold {offsets[1] - offsets[0]}")
 
 
 class _File:
@@ -50,14 +100,17 @@ class _File:
         header = json.loads(f.read(n))
       except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SafetensorsError(f"{path}: unreadable header ({e})") from None
+      except RecursionError:
+        raise SafetensorsError(f"{path}: header nested too deeply") from None
+    if not isinstance(header, dict):
+      raise SafetensorsError(f"{path}: header must be a JSON object "
+                             f"{{name: {{dtype, shape, data_offsets}}}}, got "
+                             f"{type(header).__name__}")
     header.pop("__metadata__", None)
     self.data_start = 8 + n
+    for name, entry in header.items():
+      check_entry(path, name, entry, size - self.data_start)
     self.entries = header
-    end = max((e["data_offsets"][1] for e in header.values()), default=0)
-    if self.data_start + end > size:
-      raise SafetensorsError(
-          f"{path}: truncated: tensors need {self.data_start + end} bytes, "
-          f"file has {size}")
     self._map = None
 
   def array(self, name: str) -> np.ndarray:
@@ -80,10 +133,7 @@ class SafetensorsDir:
     index_path = os.path.join(directory, INDEX_FILE)
     single = os.path.join(directory, SINGLE_FILE)
     if os.path.isfile(index_path):
-      with open(index_path) as f:
-        weight_map = json.load(f).get("weight_map")
-      if not isinstance(weight_map, dict):
-        raise SafetensorsError(f"{index_path}: no 'weight_map' object")
+      weight_map = _read_weight_map(index_path)
     elif os.path.isfile(single):
       weight_map = None
     else:
@@ -101,7 +151,7 @@ class SafetensorsDir:
 
   def _open(self, filename: str) -> _File:
     if filename not in self._files:
-      path = os.path.join(self.directory, filename)
+      path = _inside(self.directory, filename)
       if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: listed in the checkpoint but missing")
       self._files[filename] = _File(path)
@@ -116,6 +166,14 @@ class SafetensorsDir:
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._entry_file(name).entries[name]["shape"])
 
+  def dtype(self, name: str) -> str:
+    """The tensor's safetensors dtype name (`F32`, `BF16`, ...)."""
+    return self._entry_file(name).entries[name]["dtype"]
+
+  def file_of(self, name: str) -> str:
+    """The path of the file that holds the tensor."""
+    return self._entry_file(name).path
+
   def _entry_file(self, name: str) -> _File:
     if name not in self._where:
       raise KeyError(f"{self.directory}: tensor {name!r} is missing from the checkpoint")
@@ -126,6 +184,46 @@ class SafetensorsDir:
 
   def array(self, name: str) -> np.ndarray:
     return self._entry_file(name).array(name)
+
+
+def _read_weight_map(index_path: str) -> dict[str, str]:
+  """The index's `weight_map` {tensor name: file name}.
+
+  Raises:
+    SafetensorsError: the index is not JSON or the map is not an object of
+      strings.
+  """
+  try:
+    with open(index_path, encoding="utf-8") as f:
+      index = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise SafetensorsError(f"{index_path}: not a JSON index "
+                           f"({type(e).__name__}: {e})") from None
+  weight_map = index.get("weight_map") if isinstance(index, dict) else None
+  if not isinstance(weight_map, dict):
+    raise SafetensorsError(f"{index_path}: no 'weight_map' object")
+  for name, filename in weight_map.items():
+    if not isinstance(filename, str) or not filename:
+      raise SafetensorsError(f"{index_path}: weight_map[{name!r}] must be a "
+                             f"file name, got {filename!r}")
+  return weight_map
+
+
+def _inside(directory: str, filename: str) -> str:
+  """`directory/filename`, refused unless it resolves inside `directory`
+  (an index naming `../../etc/passwd` or an absolute path, or a link out).
+
+  Raises:
+    SafetensorsError: naming the file and the directory.
+  """
+  root = os.path.realpath(directory)
+  path = os.path.realpath(os.path.join(root, filename))
+  if os.path.commonpath([root, path]) != root or path == root:
+    raise SafetensorsError(
+        f"{os.path.join(directory, INDEX_FILE)}: weight_map names "
+        f"{filename!r}, which is outside the model directory {directory}; "
+        "only files inside it are read")
+  return os.path.join(directory, filename)
 
 
 def write_safetensors(path: str, entries: list[tuple[str, tuple[int, ...], np.dtype]],

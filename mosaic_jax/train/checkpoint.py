@@ -172,11 +172,12 @@ class Checkpointer:
     Raises:
       IncompatibleCheckpoint: names the first differing parameter and the
         fix.
+      UnreadableCheckpoint: the newest step's metadata is missing or damaged.
     """
     step = self.latest_step()
     if step is None:
       return
-    saved = _shapes(self._manager.item_metadata(step)["state"]["params"])
+    saved = self._param_shapes(step)
     want = _shapes(params)
     where = os.path.join(self.directory, str(step))
     for name in sorted(set(saved) | set(want)):
@@ -188,6 +189,50 @@ class Checkpointer:
             f"is {there} there but {here} with this config ({describe}). "
             "Resume it with the model config that wrote it, or set "
             "--config.workdir to a new directory for this model")
+
+  def _metadata_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """The saved params' shapes of `step`, from its metadata (raises
+    whatever orbax raises for a damaged step)."""
+    meta = self._manager.item_metadata(step)["state"]
+    if meta is None:
+      raise FileNotFoundError("state/_METADATA is missing or unreadable")
+    shapes = _shapes(meta["params"])
+    if not shapes:
+      raise ValueError("no params in its metadata")
+    return shapes
+
+  def _param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+    """`_metadata_shapes`, a damaged step reported in one line.
+
+    Raises:
+      UnreadableCheckpoint: the metadata is missing or damaged (names the
+        step directory and the step to fall back to).
+    """
+    try:
+      return self._metadata_shapes(step)
+    except Exception as e:  # pylint: disable=broad-except
+      # A missing `state/_METADATA` reads as None; damaged array files
+      # give tensorstore's errors.
+      raise self._unreadable(step, e) from e
+
+  def _readable(self, step: int) -> bool:
+    try:
+      return bool(self._metadata_shapes(step))
+    except Exception:  # pylint: disable=broad-except
+      return False
+
+  def _unreadable(self, step: int, error: Exception) -> UnreadableCheckpoint:
+    """The one-line error of a damaged step: its directory, the cause and
+    the newest older step whose metadata reads (the one to resume from)."""
+    older = [s for s in self.all_steps() if s < step]
+    fallback = next((s for s in reversed(older) if self._readable(s)), None)
+    way_out = (f"delete it to resume from step {fallback}"
+               if fallback is not None else
+               "delete it to start this run again")
+    text = str(error).splitlines()[0][:300] if str(error) else ""
+    return UnreadableCheckpoint(
+        f"{os.path.join(self.directory, str(step))} is unreadable "
+        f"({type(error).__name__}: {text}); {way_out}")
 
   def restore(self, template: TrainState, step: int | None = None
               ) -> tuple[TrainState, dict[str, Any]]:
@@ -217,13 +262,7 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and tensorstore raise many types for a damaged file; one clear
       # message names the step and the way out.
-      older = [s for s in self.all_steps() if s < step]
-      fallback = (f"delete it to resume from step {older[-1]}" if older else
-                  "delete it to start this run again")
-      raise UnreadableCheckpoint(
-          f"{os.path.join(self.directory, str(step))} is unreadable "
-          f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
-          f"{fallback}") from e
+      raise self._unreadable(step, e) from e
     restored = out["state"]
     state = template.replace(params=restored["params"],
                              opt_state=restored["opt_state"],

@@ -43,7 +43,7 @@ import numpy as np
 from mosaic_jax import data as data_lib
 from mosaic_jax import distributed, fate as fate_lib
 from mosaic_jax.rollout import ModelPolicy, rollout
-from mosaic_jax.train import faults, mosaic
+from mosaic_jax.train import faults, mosaic, validate
 from mosaic_jax.train import state as state_lib, steps as steps_lib
 
 PHASE = "fate"
@@ -73,6 +73,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     ValueError: with several processes (see the module docstring).
     faults.Preempted, faults.NonFiniteError: as `mosaic.run`.
   """
+  validate.check_start(config)
   distributed.initialize_from_config(config.distributed)
   if jax.process_count() > 1:
     raise ValueError("the FATE loop runs on one process")

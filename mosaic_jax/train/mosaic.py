@@ -55,7 +55,7 @@ from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.eval import builtin, report as report_lib
 from mosaic_jax.models import ModelConfig, convert, decoder, presets
 from mosaic_jax.rollout import (EpisodeInfo, ModelPolicy, Rollout,
-                                RolloutConfig, rollout)
+                                RolloutConfig, prompt_ids, rollout)
 from mosaic_jax.train import checkpoint, faults, metrics as metrics_lib
 from mosaic_jax.train import sft_data, state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
@@ -386,6 +386,63 @@ def check_checkpoint(config: ml_collections.ConfigDict, arch: ModelConfig,
     ckpt.close()
 
 
+def check_model_dir(config: ml_collections.ConfigDict) -> None:
+  """Fails unless `model.path` (if set) is a model directory whose
+  config.json and safetensors headers or orbax metadata agree; reads no
+  weights.
+
+  Raises:
+    validate.ConfigError: one line naming the file and the key.
+  """
+  if not config.model.path:
+    return
+  try:
+    convert.check_model_dir(config.model.path)
+  except convert.ModelFileError as e:
+    raise validate.ConfigError(f"model.path: {e}") from e
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` and writes a probe file in it.
+
+  Raises:
+    validate.ConfigError: one line naming the directory and the cause.
+  """
+  probe = os.path.join(workdir, ".write_probe")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise validate.ConfigError(
+        f"workdir: cannot write to {workdir!r} ({type(e).__name__}: "
+        f"{e.strerror or e}); set --config.workdir to a writable "
+        "directory") from e
+
+
+# Tasks whose prompt and SFT demonstration lengths are measured up front.
+LENGTH_SAMPLE = 16
+
+
+def measured_lengths(config: ml_collections.ConfigDict, tokenizer: Any,
+                     task_list: Sequence[Task]
+                     ) -> tuple[dict[str, int], dict[str, int]]:
+  """(task id -> first-prompt tokens, task id -> SFT demonstration tokens)
+  of up to `LENGTH_SAMPLE` tasks spread over the kinds (no SFT lengths
+  without SFT steps)."""
+  sample = stratified_subset(task_list, LENGTH_SAMPLE)
+  prompts = {t.task_id: len(prompt_ids(t, tokenizer)) for t in sample}
+  sft = {}
+  if config.sft.steps and sample:
+    examples = sft_data.sft_examples(
+        sample, tokenizer, dict(config.sft.mix), seed=config.seed,
+        max_len=2**31 - 1, bucket=1, max_turns=config.rollout.max_turns)
+    sft = dict(zip(examples.task_ids,
+                   map(int, examples.attention_mask.sum(1))))
+  return prompts, sft
+
+
 def _rss_mib() -> float:
   """This process's resident memory, MiB."""
   return psutil.Process().memory_info().rss / 2**20
@@ -416,12 +473,15 @@ class Run:
     self.workdir = os.path.abspath(config.workdir)
     self.main = distributed.is_main_process()
     self.mesh = sharding.make_mesh(config.mesh)
+    check_model_dir(config)
     self.tokenizer = build_tokenizer(config)
     arch = model_config(config)
     validate.check_tokenizer(
         self.tokenizer, arch.vocab_size,
         config.tokenizer or config.model.path or "the tiny tokenizer")
     check_checkpoint(config, arch, self.path("checkpoints"))
+    if self.main:
+      check_workdir(self.workdir)
     if not config.data.data_dir:
       config.data.data_dir = os.path.join(self.workdir, "data")
     # One process builds the datasets (docs/data.md); the others wait.
@@ -444,6 +504,8 @@ class Run:
         drop_remainder=False, process_index=0, process_count=1)
                for t in batch]
     self.eval_tasks = stratified_subset(heldout, config.eval.max_tasks)
+    validate.check_lengths(config, *measured_lengths(config, self.tokenizer,
+                                                     heldout))
     if config.eval.batch % jax.process_count():
       raise ValueError(f"eval.batch={config.eval.batch} must be a multiple "
                        f"of the {jax.process_count()} processes")
@@ -816,10 +878,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     `workdir/report.json` (see `summarize`).
 
   Raises:
-    validate.ConfigError: the config, tokenizer or workdir cannot run.
+    validate.ConfigError: the config, tokenizer, model directory, lengths
+      or workdir cannot run.
+    checkpoint.UnreadableCheckpoint: the newest checkpoint is damaged.
     faults.Preempted: SIGTERM arrived (the newest step is checkpointed).
     faults.NonFiniteError: `max_nonfinite_steps` non-finite updates in a row.
   """
+  validate.check_start(config)
   distributed.initialize_from_config(config.distributed)
   ws = warm_start(config, config.sft.steps + config.rl.steps)
   r = ws.run

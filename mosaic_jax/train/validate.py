@@ -16,6 +16,13 @@ checkpoint before it builds the model.
   policy, preset, dtype, remat), sizes that must be positive, batch splits
   that must divide (micro-batches, processes), the mesh against the device
   count, and the `fate` section.
+* `start_problems` (part of `value_problems`, pure Python, so it runs before
+  the process group starts): a full-size preset without `model.path` (random
+  init only with `model.random_init=True`), learning rates that are not
+  finite and positive, a negative or non-finite KL β, a workdir below a file.
+* `length_problems`: lengths that cannot hold a task's prompt plus a turn,
+  and an `sft.max_len` that drops every demonstration (a run that would
+  train on zero tokens), measured on sampled tasks with the run's tokenizer.
 * `tokenizer_problems`: the tokens the agent protocol cannot run without (a
   pad token, an end-of-turn token the sampler stops on and the parser
   strips, a chat template) and ids that fit the model's vocabulary.
@@ -26,9 +33,10 @@ job (it reads only the checkpoint's metadata).
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import flags
 import jax
@@ -46,6 +54,9 @@ STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
 REWARDS = ("pairwise", "scalar")
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("mosaic", "fate")
+# A preset this large is never randomly initialised by accident: without
+# model.path it needs model.random_init=True.
+FULL_SIZE_PARAMS = 1e9
 
 
 class ConfigError(ValueError):
@@ -136,6 +147,64 @@ def _divides(problems: list[str], name: str, part: int, whole: int,
                     "micro-batching)")
 
 
+def _positive_finite(problems: list[str], name: str, value: Any) -> None:
+  if (not isinstance(value, (int, float)) or isinstance(value, bool)
+      or not math.isfinite(value) or value <= 0):
+    problems.append(f"{name}: must be a finite number > 0, got {value!r}")
+
+
+def _non_negative_finite(problems: list[str], name: str, value: Any) -> None:
+  if (not isinstance(value, (int, float)) or isinstance(value, bool)
+      or not math.isfinite(value) or value < 0):
+    problems.append(f"{name}: must be a finite number >= 0, got {value!r}")
+
+
+def workdir_problem(workdir: str) -> str | None:
+  """Why `workdir` cannot be created or written, checked without creating
+  it (its nearest existing ancestor must be a writable directory), or
+  None."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    return f"workdir: {workdir!r} is a file, not a directory"
+  ancestor = path
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    return (f"workdir: {workdir!r} cannot be created: {ancestor!r} is a "
+            "file, not a directory")
+  if not os.access(ancestor, os.W_OK | os.X_OK):
+    return (f"workdir: {workdir!r} cannot be written: no write permission "
+            f"on {ancestor!r}")
+  return None
+
+
+def start_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Settings that cannot work, found without JAX (safe before the
+  process group starts): random init of a full-size preset without
+  `model.random_init`, learning rates, KL β, the workdir."""
+  p: list[str] = []
+  m = config.model
+  preset = presets.PRESETS.get(m.preset)
+  if (not m.path and preset is not None and not m.get("random_init", False)
+      and preset.num_params() >= FULL_SIZE_PARAMS):
+    p.append(f"model.path: empty, so model.preset={m.preset!r} "
+             f"({preset.num_params() / 1e9:.1f}B params) would start from "
+             "random weights; set --config.model.path=DIR (an HF safetensors "
+             "or orbax model directory), or --config.model.random_init=True "
+             "to train a random init on purpose")
+  _positive_finite(p, "optimizer.lr", config.optimizer.lr)
+  _positive_finite(p, "sft.lr", config.sft.lr)
+  _non_negative_finite(p, "rl.kl_beta", config.rl.kl_beta)
+  for name in ("clip_eps_lo", "clip_eps_hi"):
+    _non_negative_finite(p, f"rl.{name}", config.rl.get(name, 0.0))
+  _at_least(p, "optimizer.warmup_steps", config.optimizer.warmup_steps, 0)
+  if config.get("workdir"):
+    problem = workdir_problem(config.workdir)
+    if problem:
+      p.append(problem)
+  return p
+
+
 def value_problems(config: ml_collections.ConfigDict,
                    process_count: int | None = None) -> list[str]:
   """Settings that cannot work, whatever their types.
@@ -146,7 +215,7 @@ def value_problems(config: ml_collections.ConfigDict,
       over JAX's devices.
   """
   processes = jax.process_count() if process_count is None else process_count
-  p: list[str] = []
+  p: list[str] = start_problems(config)
   if not config.get("workdir"):
     p.append("workdir: empty; set --config.workdir=DIR (every output goes "
              "there)")
@@ -245,6 +314,41 @@ def value_problems(config: ml_collections.ConfigDict,
   return p
 
 
+def length_problems(config: ml_collections.ConfigDict,
+                    prompt_lengths: Mapping[str, int],
+                    sft_lengths: Mapping[str, int]) -> list[str]:
+  """Lengths that leave a run nothing to train on or evaluate.
+
+  Args:
+    config: the run's config.
+    prompt_lengths: task id -> tokens of its first prompt (system, user,
+      tool list and the assistant header), for sampled tasks.
+    sft_lengths: task id -> tokens of a sampled SFT demonstration (empty
+      when the run has no SFT steps).
+  """
+  p = []
+  ro = config.rollout
+  if prompt_lengths:
+    task, longest = max(prompt_lengths.items(), key=lambda kv: kv[1])
+    need = longest + ro.max_tokens_per_turn
+    if need > ro.max_total_length:
+      p.append(
+          f"rollout.max_total_length={ro.max_total_length} cannot hold a "
+          f"prompt plus one turn: task {task!r} has a {longest}-token prompt "
+          f"and rollout.max_tokens_per_turn={ro.max_tokens_per_turn}, so its "
+          "episodes would end before a token is generated (nothing to train "
+          f"on or evaluate); set rollout.max_total_length >= {need}")
+  if sft_lengths and config.sft.steps:
+    task, shortest = min(sft_lengths.items(), key=lambda kv: kv[1])
+    if shortest > config.sft.max_len:
+      p.append(
+          f"sft.max_len={config.sft.max_len} drops every demonstration (the "
+          f"shortest of {len(sft_lengths)} sampled, task {task!r}, has "
+          f"{shortest} tokens), so SFT would train on zero tokens; set "
+          f"sft.max_len >= {max(sft_lengths.values())}")
+  return p
+
+
 def tokenizer_problems(tokenizer: Any, vocab_size: int, source: str
                        ) -> list[str]:
   """What the agent protocol needs from a tokenizer, for a model of
@@ -276,8 +380,10 @@ def tokenizer_problems(tokenizer: Any, vocab_size: int, source: str
 
 
 def _raise(what: str, problems: list[str]) -> None:
+  if len(problems) == 1:
+    raise ConfigError(f"{what} (nothing was run): {problems[0]}")
   if problems:
-    raise ConfigError(f"{what} ({len(problems)} problem(s); nothing was "
+    raise ConfigError(f"{what} ({len(problems)} problems; nothing was "
                       "run):\n" + "\n".join(f"  {line}" for line in problems))
 
 
@@ -293,6 +399,21 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` listing `value_problems` (reads the process and
   device counts: call after `distributed.initialize_from_config`)."""
   _raise("the config cannot run", value_problems(config))
+
+
+def check_start(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` listing `start_problems` (pure Python: call before
+  `distributed.initialize_from_config`, which a full-size config's
+  auto-detected process group would otherwise fail in first)."""
+  _raise("the config cannot run", start_problems(config))
+
+
+def check_lengths(config: ml_collections.ConfigDict,
+                  prompt_lengths: Mapping[str, int],
+                  sft_lengths: Mapping[str, int]) -> None:
+  """Raises `ConfigError` listing `length_problems`."""
+  _raise("the config cannot run",
+         length_problems(config, prompt_lengths, sft_lengths))
 
 
 def check_tokenizer(tokenizer: Any, vocab_size: int, source: str) -> None:
@@ -325,6 +446,24 @@ def parse_config_flags(argv: list[str]) -> list[str]:
     if hint:
       message += f"; {hint.strip()}"
   except flags.Error as e:
-    message = str(e)
+    message = one_line_flag_error(str(e))
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
+
+
+def one_line_flag_error(message: str) -> str:
+  """absl's message of a bad flag, in one line.
+
+  ml_collections reports an exception inside a config file's `get_config`
+  (a value of the wrong type for a field, a NameError, a SyntaxError) as
+  "Error whilst parsing config file:" and the whole traceback; this keeps
+  the flag, the config file's line and the exception.
+  """
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  if len(lines) <= 1:
+    return message.strip()
+  head = lines[0].rstrip(":")
+  frames = [line for line in lines if line.startswith("File ")
+            and "site-packages" not in line and "/lib/python" not in line]
+  where = f" ({frames[-1].split(', in ')[0]})" if frames else ""
+  return f"{head}{where}: {lines[-1]}"
