@@ -308,7 +308,7 @@ def test_workdir_that_cannot_be_written_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def heldout():
-  return tasks_lib.all_tasks("heldout")
+  return tasks_lib.all_tasks("test")
 
 
 @pytest.mark.parametrize("field,value,expected", [
