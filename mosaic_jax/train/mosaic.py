@@ -499,13 +499,13 @@ class Run:
     self.ckpt = checkpoint.Checkpointer(
         self.path("checkpoints"), every=config.checkpoint.every,
         keep=config.checkpoint.keep)
-    heldout = [t for batch in data_lib.task_pipeline(
+    test_tasks = [t for batch in data_lib.task_pipeline(
         config.data, "test", batch_size=64, shuffle=False, num_epochs=1,
         drop_remainder=False, process_index=0, process_count=1)
-               for t in batch]
-    self.eval_tasks = stratified_subset(heldout, config.eval.max_tasks)
+                  for t in batch]
+    self.eval_tasks = stratified_subset(test_tasks, config.eval.max_tasks)
     validate.check_lengths(config, *measured_lengths(config, self.tokenizer,
-                                                     heldout))
+                                                     test_tasks))
     if config.eval.batch % jax.process_count():
       raise ValueError(f"eval.batch={config.eval.batch} must be a multiple "
                        f"of the {jax.process_count()} processes")

@@ -147,16 +147,15 @@ def _divides(problems: list[str], name: str, part: int, whole: int,
                     "micro-batching)")
 
 
-def _positive_finite(problems: list[str], name: str, value: Any) -> None:
-  if (not isinstance(value, (int, float)) or isinstance(value, bool)
-      or not math.isfinite(value) or value <= 0):
-    problems.append(f"{name}: must be a finite number > 0, got {value!r}")
-
-
-def _non_negative_finite(problems: list[str], name: str, value: Any) -> None:
-  if (not isinstance(value, (int, float)) or isinstance(value, bool)
-      or not math.isfinite(value) or value < 0):
-    problems.append(f"{name}: must be a finite number >= 0, got {value!r}")
+def _finite(problems: list[str], name: str, value: Any, low: float, *,
+            strict: bool) -> None:
+  """Appends a problem unless `value` is a finite number > `low` (`strict`)
+  or >= `low`."""
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and (value > low if strict else value >= low))
+  if not ok:
+    problems.append(f"{name}: must be a finite number "
+                    f"{'>' if strict else '>='} {low}, got {value!r}")
 
 
 def workdir_problem(workdir: str) -> str | None:
@@ -192,11 +191,12 @@ def start_problems(config: ml_collections.ConfigDict) -> list[str]:
              "random weights; set --config.model.path=DIR (an HF safetensors "
              "or orbax model directory), or --config.model.random_init=True "
              "to train a random init on purpose")
-  _positive_finite(p, "optimizer.lr", config.optimizer.lr)
-  _positive_finite(p, "sft.lr", config.sft.lr)
-  _non_negative_finite(p, "rl.kl_beta", config.rl.kl_beta)
+  _finite(p, "optimizer.lr", config.optimizer.lr, 0, strict=True)
+  _finite(p, "sft.lr", config.sft.lr, 0, strict=True)
+  _finite(p, "rl.kl_beta", config.rl.kl_beta, 0, strict=False)
   for name in ("clip_eps_lo", "clip_eps_hi"):
-    _non_negative_finite(p, f"rl.{name}", config.rl.get(name, 0.0))
+    _finite(p, f"rl.{name}", config.rl.get(name, 0.0), 0,
+            strict=False)
   _at_least(p, "optimizer.warmup_steps", config.optimizer.warmup_steps, 0)
   if config.get("workdir"):
     problem = workdir_problem(config.workdir)
