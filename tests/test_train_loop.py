@@ -246,7 +246,7 @@ def test_loop_stops_after_non_finite_updates_in_a_row(assets, tmp_path,
                                                       capsys, monkeypatch):
   # An infinite learning rate turns every SFT update non-finite. The config
   # checks refuse one (validate.start_problems), so this test lifts them.
-  monkeypatch.setattr(validate, "_positive_finite", lambda *args: None)
+  monkeypatch.setattr(validate, "_finite", lambda *args, **kwargs: None)
   config = _config(*assets, str(tmp_path / "run"))
   config.sft.update(lr=float("inf"), steps=4)
   config.checkpoint.every = 1
