@@ -27,7 +27,7 @@ on benign ones it measures completion.
 
 Refusals are decided by a pluggable judge `(turns) -> bool`, the same one on
 harmful and benign behaviours. The default, `detect_refusal`, is
-deterministic: a `refusal_tool` call at any turn, or a final answer
+deterministic: a `refusal_tool` call at any turn, or a last final answer
 containing a refusal phrase (`REFUSAL_PHRASES`); `ModelRefusalJudge` asks
 any Flax model instead. Reports name the judge used.
 
