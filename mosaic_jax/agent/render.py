@@ -2,8 +2,10 @@
 
 A real checkpoint (Qwen2.5, Qwen3-Thinking) brings its template in its
 tokenizer files; the project supplies the ones that do not exist upstream
-(`tiny`, and `phi4_tools`: Phi-4 plus the project's tool convention) as Jinja
-files in `templates/`, installed into a tokenizer with `install_chat_template`.
+(`tiny`; `phi4_tools` and `smollm2_tools`: Phi-4's and SmolLM2's turns plus
+the project's tool convention) as Jinja files in `templates/`, installed into a
+tokenizer with `install_chat_template` (`experiments.fetch` writes
+`smollm2_tools` into the SmolLM2 directory it builds).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from mosaic_jax.agent.protocol import (THINK_OPEN, Message, ToolSchema,
                                        user_message, with_refusal_tool)
 
 TEMPLATE_DIR = pathlib.Path(__file__).parent / "templates"
-TEMPLATE_NAMES = ("tiny", "phi4_tools")
+TEMPLATE_NAMES = ("tiny", "phi4_tools", "smollm2_tools")
 
 
 def load_template(name: str) -> str:

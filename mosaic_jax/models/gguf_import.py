@@ -196,7 +196,8 @@ def _token_id(reader, key: str) -> int | None:
 
 
 def convert_gguf(gguf_path: str, dst: str, *, tokenizer: bool = True,
-                 chat_template: str | None = None) -> ModelConfig:
+                 chat_template: str | None = None,
+                 extra_files: dict[str, str] | None = None) -> ModelConfig:
   """Writes an HF LlamaForCausalLM directory for a llama GGUF file.
 
   Args:
@@ -206,6 +207,8 @@ def convert_gguf(gguf_path: str, dst: str, *, tokenizer: bool = True,
       file's `tokenizer.ggml.*` metadata (its chat template included).
     chat_template: Jinja written as chat_template.jinja instead of the file's
       own template (transformers prefers that file).
+    extra_files: file name -> text, written into the directory before it is
+      renamed into place (e.g. a marker that the directory is complete).
 
   Returns:
     The imported model's ModelConfig.
@@ -252,6 +255,9 @@ def convert_gguf(gguf_path: str, dst: str, *, tokenizer: bool = True,
       with open(os.path.join(tmp, "chat_template.jinja"), "w",
                 encoding="utf-8") as f:
         f.write(chat_template)
+    for filename, text in (extra_files or {}).items():
+      with open(os.path.join(tmp, filename), "w", encoding="utf-8") as f:
+        f.write(text)
     if os.path.exists(dst):
       shutil.rmtree(dst)
     os.rename(tmp, dst)
