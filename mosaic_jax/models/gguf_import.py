@@ -134,6 +134,10 @@ def config_from_gguf(reader, source: str = "<gguf>") -> ModelConfig:
   heads = int(get("attention.head_count"))
   hidden = int(get("embedding_length"))
   head_dim = int(get("attention.key_length", hidden // heads))
+  rotary = int(get("rope.dimension_count", head_dim))
+  if rotary != head_dim:
+    raise GGUFImportError(f"{source}: llama.rope.dimension_count {rotary} != "
+                          f"head dim {head_dim}; Llama rotates whole heads")
   tokens = reader.fields.get("tokenizer.ggml.tokens")
   vocab = int(get("vocab_size", len(tokens.data) if tokens else None))
   scaling = get("rope.scaling.type", "none")
