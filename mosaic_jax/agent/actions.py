@@ -86,7 +86,8 @@ def replace_surrogates(text: str) -> str:
   return _SURROGATE_RE.sub("\ufffd", text)
 
 
-def check_json_value(value: Any, surrogates_ok: bool = False) -> str | None:
+def check_json_value(value: Any, surrogates_ok: bool = False,
+                     max_depth: int = MAX_DEPTH) -> str | None:
   """Why `value` is not a bounded JSON value, or None when it is one.
 
   A bounded JSON value is None, a bool, an int of at most `MAX_INT_DIGITS`
@@ -95,7 +96,8 @@ def check_json_value(value: Any, surrogates_ok: bool = False) -> str | None:
   nested at most `MAX_DEPTH` deep and `MAX_JSON_NODES` values in all. The
   walk is iterative, so a value nested past the recursion limit is reported,
   not raised on. `surrogates_ok`: skip the surrogate check (the parser
-  replaces them after this check).
+  replaces them after this check). `max_depth`: the depth bound (the value
+  itself is at depth 1).
   """
   stack = [(value, 1)]
   nodes = 0
@@ -104,7 +106,7 @@ def check_json_value(value: Any, surrogates_ok: bool = False) -> str | None:
     nodes += 1
     if nodes > MAX_JSON_NODES:
       return f"more than {MAX_JSON_NODES} values"
-    if depth > MAX_DEPTH:
+    if depth > max_depth:
       return f"a value nested deeper than {MAX_DEPTH} levels"
     if node is None or isinstance(node, bool):
       continue

@@ -17,7 +17,8 @@ import json
 import re
 from typing import Any, Collection, Mapping, Sequence
 
-from mosaic_jax.agent.actions import (MAX_INT_DIGITS, REFUSAL_TOOL, Answer,
+from mosaic_jax.agent.actions import (MAX_DEPTH, MAX_INT_DIGITS,
+                                      REFUSAL_TOOL, Answer,
                                       InvalidAction, ParsedTurn, Refusal,
                                       ToolCall, check_json_value,
                                       replace_surrogates,
@@ -177,7 +178,8 @@ def _decode_call(inner: str) -> tuple[str, dict[str, Any]]:
     raise _Invalid("tool call JSON is nested too deeply")
   if inner[end:].strip():
     raise _Invalid("trailing text after the tool call JSON")
-  problem = check_json_value(obj, surrogates_ok=True)
+  # The call object wraps the arguments: they get the whole depth bound.
+  problem = check_json_value(obj, surrogates_ok=True, max_depth=MAX_DEPTH + 1)
   if problem is not None:
     raise _Invalid(f"tool call holds {problem}")
   obj = replace_surrogates_in(obj)
