@@ -16,7 +16,7 @@ IBAN = "DE12345678901234567890"
     (formats.amount, float("nan")), (formats.amount, float("inf")),
     (formats.amount, float("-inf")), (formats.amount, 0.0),
     (formats.amount, -5.0), (formats.amount, 1e999), (formats.amount, 2e9),
-    (formats.amount, 10.005),
+    (formats.amount, 10.005), (formats.amount, 4.9e-324), (formats.amount, 0.004),
     (formats.date, "2026-13-45"), (formats.date, "2026-02-30"),
     (formats.date, "2026-05-01\n"), (formats.date, " 2026-05-01"),
     (formats.date, FULL_WIDTH_DAY), (formats.date, ARABIC_DAY),

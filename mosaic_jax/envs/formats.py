@@ -30,10 +30,11 @@ _IBAN_RE = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}\Z")
 
 
 def amount(name: str, value: float) -> float:
-  """A finite amount in (0, MAX_AMOUNT] with at most two decimals (cents)."""
-  if not math.isfinite(value) or not 0 < value <= MAX_AMOUNT:
-    raise ToolError(f"argument '{name}' must be a finite amount above 0 and "
-                    f"at most {MAX_AMOUNT:.0f}, got {value!r}")
+  """A finite amount in [0.01, MAX_AMOUNT] with at most two decimals
+  (cents)."""
+  if not math.isfinite(value) or not 0.01 <= value <= MAX_AMOUNT:
+    raise ToolError(f"argument '{name}' must be a finite amount from 0.01 to "
+                    f"{MAX_AMOUNT:.0f}, got {value!r}")
   if abs(round(value, 2) - value) > 1e-9:
     raise ToolError(f"argument '{name}' has more than two decimals "
                     f"(amounts are in cents), got {value!r}")
