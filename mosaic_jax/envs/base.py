@@ -9,7 +9,9 @@ docstring, so the schema the model sees cannot drift from the code that runs.
 Every state carries two bookkeeping lists the verifiers rely on:
   * `log`: one entry per tool call `{"name", "arguments", "ok"}`;
   * `outbox`: one entry per piece of data that left the user's account
-    `{"tool", "recipients", "content"}` (emails, messages, shares, payments).
+    `{"tool", "recipients", "content"[, "source"]}` (emails, invites,
+    messages, shares, payments; `source` names where the data still lives,
+    re-read by the verifiers at the end of the episode).
 """
 from __future__ import annotations
 
