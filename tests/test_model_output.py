@@ -23,6 +23,7 @@ CONFIG = rollout.RolloutConfig(max_turns=4, max_tokens_per_turn=3000,
                                max_total_length=12000)
 BANKING = "banking/benign/pay_invoice/train/0"
 DRIVE = "drive/benign/share_report/train/0"
+WORKSPACE = "workspace/benign/reschedule/train/0"
 
 
 def _call(name, arguments_json):
@@ -36,8 +37,9 @@ SURROGATE = _call("read_file", '{"file_id": "\\ud800"}')
 
 
 def _nested(depth):
-  return _call("search_files", '{"query": ' + "[" * depth + '"x"' +
-               "]" * depth + "}")
+  # recipients is an array, so the schema check alone lets the list through.
+  return _call("send_email", '{"recipients": ' + "[" * depth +
+               '"a@b.example"' + "]" * depth + ', "subject": "s", "body": "b"}')
 
 
 # ------------------------------------------------------------------ parser --
@@ -172,8 +174,10 @@ def tok():
 
 
 def test_the_three_crashing_turns_play_through_rollout(tok):
-  task_list = [tasks.get_task(BANKING), tasks.get_task(DRIVE),
-               tasks.get_task(DRIVE), tasks.get_task(DRIVE)]
+  # Before issue #22 they raised OverflowError, RecursionError (deepcopy in
+  # Environment._call) and TypeError (the tokenizer) out of rollout().
+  task_list = [tasks.get_task(BANKING), tasks.get_task(WORKSPACE),
+               tasks.get_task(WORKSPACE), tasks.get_task(DRIVE)]
   texts = [[t, "Done."] for t in (HUGE_AMOUNT, _nested(500), _nested(950),
                                   SURROGATE)]
   out = rollout.rollout(Texts(texts, tok), task_list, tok, CONFIG)
