@@ -2,6 +2,8 @@ r"""Fuzzes what a model's output goes through: parser, environment, verifier.
 
   python -m experiments.fuzz --n=100000 [--seed=0] [--record]
       [--corpus=tests/fixtures/fuzz_corpus.json]
+  python -m experiments.fuzz --corpus_pass   # every corpus value in every
+                                             # argument of every tool
 
 Generates `n` assistant turns and plays them as episodes: each turn is parsed
 against its task's tool schemas (`agent.parse.parse_turn`), applied to the
@@ -517,13 +519,22 @@ def main(argv: Sequence[str]) -> int:
                       help="append the summary to docs/benchmarks.md")
   parser.add_argument("--corpus", default=str(CORPUS),
                       help="the adversarial corpus (JSON)")
+  parser.add_argument("--corpus_pass", action="store_true",
+                      help="instead of --n random turns, play every corpus "
+                           "value in every argument of every tool of one "
+                           "task per suite (fuzz.play_corpus, every_slot)")
   args = parser.parse_args(argv)
   try:
     corpus = load_corpus(args.corpus)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  report = run(args.n, args.seed, corpus=corpus)
+  if args.corpus_pass:
+    task_list = [tasks_lib.all_tasks(suite=s)[0]
+                 for s in ("banking", "drive", "messaging", "workspace")]
+    report = play_corpus(task_list, corpus, every_slot=True)
+  else:
+    report = run(args.n, args.seed, corpus=corpus)
   summary = report.summary()
   print(json.dumps({**summary, "errors": report.errors[:20],
                     "episode_z": dict(report.episode_z.most_common(8))},
