@@ -1,11 +1,16 @@
 r"""Fuzzes what a model's output goes through: parser, environment, verifier.
 
   python -m experiments.fuzz --n=100000 [--seed=0] [--record]
+      [--corpus=tests/fixtures/fuzz_corpus.json]
+  python -m experiments.fuzz --corpus_pass   # every corpus value in every
+                                             # argument of every tool
 
 Generates `n` assistant turns and plays them as episodes: each turn is parsed
 against its task's tool schemas (`agent.parse.parse_turn`), applied to the
 task's simulated environment (`Environment.step`), and every finished
-episode is scored (`envs.verifiers.verify`). Nothing may raise; every turn
+episode is scored (`envs.verifiers.verify`). Nothing may raise, no
+observation may hold text a tokenizer cannot encode (a lone surrogate), and
+every z must lie in [0, 1]; every turn
 gets a class (`classify`: the action, and for tool calls whether the tool
 accepted it; invalid turns by the parser's reason with names and numbers
 removed) and every episode its z. The report counts classes per source and
@@ -26,7 +31,15 @@ Turn sources (`SOURCES`), drawn uniformly:
   tags       random sequences of protocol tags (opening, closing, nested,
              duplicated, unterminated, out of order) and text;
   json       tool-call blocks holding malformed JSON: cut, deeply nested,
-             trailing data, several objects, non-object values.
+             trailing data, several objects, non-object values;
+  corpus     the committed corpus of adversarial strings
+             (tests/fixtures/fuzz_corpus.json, by class: huge ints, deep
+             nesting, surrogates, NaN / Infinity, bad dates and times,
+             digits of other scripts, zero-width characters, addresses,
+             IBANs, wrong types, protocol text, verifier evasions): a call
+             of one of the task's tools with one or two arguments taken
+             from `values`, or a whole turn from `turns`. The corpus grows:
+             a string that ever broke something is added to its class.
 
 `--record` appends the run to docs/benchmarks.md (as `experiments.bench`
 does). tests/test_fuzz.py runs a few thousand turns of the same generator.
@@ -55,7 +68,9 @@ from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import tasks as tasks_lib, transcripts, verifiers
 from mosaic_jax.envs.base import Task
 
-SOURCES = ("tokens", "mutated", "call", "tags", "json")
+SOURCES = ("tokens", "mutated", "call", "tags", "json", "corpus")
+CORPUS = pathlib.Path(__file__).resolve().parent.parent / "tests" / (
+    "fixtures") / "fuzz_corpus.json"
 MAX_TURNS = 8
 TAGS = ("<think>", "</think>", "<safety_thoughts>", "</safety_thoughts>",
         "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
@@ -83,8 +98,9 @@ class Report:
     episodes: episodes played (and verified).
     by_source: source -> turn class -> count.
     episode_z: z of each episode as "s,u,n,v" -> count.
-    errors: one entry per exception: stage (parse, step, verify), source,
-      the exception and the turn (cut to 500 characters).
+    errors: one entry per failure: stage (parse, step, observation,
+      verify), source, the exception and the turn (cut to 500 characters).
+    corpus_classes: corpus class -> turns that used it.
     seconds: wall time of generating and playing.
   """
   turns: int = 0
@@ -94,6 +110,8 @@ class Report:
   episode_z: collections.Counter = dataclasses.field(
       default_factory=collections.Counter)
   errors: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  corpus_classes: collections.Counter = dataclasses.field(
+      default_factory=collections.Counter)
   seconds: float = 0.0
 
   def classes(self) -> collections.Counter:
@@ -112,6 +130,7 @@ class Report:
             "turns_per_s": round(self.turns / max(self.seconds, 1e-9)),
             "kinds": dict(sorted(kinds.items())),
             "classes": len(self.classes()),
+            "corpus_turns": sum(self.corpus_classes.values()),
             "by_source": {s: sum(c.values()) for s, c in
                           sorted(self.by_source.items())}}
 
@@ -146,6 +165,27 @@ def _strings_in(value: Any, out: list[str], limit: int = 64) -> None:
       _strings_in(v, out, limit)
 
 
+def load_corpus(path: str | os.PathLike = CORPUS) -> dict[str, Any]:
+  """The adversarial corpus: `{"values": {class: [JSON text]}, "turns":
+  {class: [turn text]}}`.
+
+  Raises:
+    ValueError: the file is not such a corpus (named, with the problem).
+  """
+  try:
+    corpus = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable JSON corpus ({e})") from None
+  for part in ("values", "turns"):
+    classes = corpus.get(part) if isinstance(corpus, dict) else None
+    if not isinstance(classes, dict) or not all(
+        isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+        for v in classes.values()):
+      raise ValueError(f"{path}: '{part}' must map class names to non-empty "
+                       "lists of strings")
+  return corpus
+
+
 class Generator:
   """Turn texts for the sources of the module docstring, from one seed.
 
@@ -153,7 +193,10 @@ class Generator:
   its environment as the turn finds it, and the task's tool schemas.
   """
 
-  def __init__(self, seed: int, tokenizer: Any, task_list: Sequence[Task]):
+  def __init__(self, seed: int, tokenizer: Any, task_list: Sequence[Task],
+               corpus: dict[str, Any] | None = None):
+    self.strings = corpus if corpus is not None else load_corpus()
+    self.corpus_class = ""  # the class the last corpus turn used
     self.rng = random.Random(seed)
     self.np_rng = np.random.default_rng(seed)
     self.tokenizer = tokenizer
@@ -269,6 +312,30 @@ class Generator:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
+  def corpus(self, task: Task, env: Any, schemas: list[Any]) -> str:
+    del task
+    if self.rng.random() < 0.15:
+      name = self.rng.choice(sorted(self.strings["turns"]))
+      self.corpus_class = "turns/" + name
+      return self.rng.choice(self.strings["turns"][name])
+    pool: list[str] = []
+    _strings_in(env.state, pool)
+    fn = self.rng.choice(schemas)["function"]
+    properties = fn.get("parameters", {}).get("properties", {})
+    names = list(properties) or ["x"]
+    chosen = self.rng.sample(names, min(len(names), self.rng.choice((1, 1, 2))))
+    name = self.rng.choice(sorted(self.strings["values"]))
+    self.corpus_class = "values/" + name
+    fields = []
+    for key in names:
+      value = (self.rng.choice(self.strings["values"][name]) if key in chosen
+               else self._value(properties.get(key, {}), pool))
+      fields.append(f"{json.dumps(key)}: {value}")
+    call = (f"{{\"name\": {json.dumps(fn['name'])}, \"arguments\": "
+            f"{{{', '.join(fields)}}}}}")
+    return f"<tool_call>\n{call}\n</tool_call>"
+
+
 def _tools(env: Any, cache: dict[type, list[Any]]) -> list[Any]:
   """An environment's tool schemas (built once per environment class)."""
   if type(env) not in cache:
@@ -276,12 +343,15 @@ def _tools(env: Any, cache: dict[type, list[Any]]) -> list[Any]:
   return cache[type(env)]
 
 
-def run(n: int, seed: int = 0, task_list: Sequence[Task] | None = None
-        ) -> Report:
-  """Plays `n` generated turns (module docstring); returns the `Report`."""
+def run(n: int, seed: int = 0, task_list: Sequence[Task] | None = None,
+        corpus: dict[str, Any] | None = None) -> Report:
+  """Plays `n` generated turns (module docstring); returns the `Report`.
+
+  `corpus`: the adversarial corpus (`load_corpus()` when None).
+  """
   start = time.perf_counter()
   gen = Generator(seed, load_tiny_tokenizer(),
-                  task_list or tasks_lib.all_tasks())
+                  task_list or tasks_lib.all_tasks(), corpus)
   sources = {name: getattr(gen, name) for name in SOURCES}
   report, schema_cache = Report(), {}
   while report.turns < n:
@@ -293,11 +363,16 @@ def run(n: int, seed: int = 0, task_list: Sequence[Task] | None = None
       source = gen.rng.choice(SOURCES)
       text = sources[source](task, env, schemas)
       report.turns += 1
+      if source == "corpus":
+        report.corpus_classes[gen.corpus_class] += 1
       stage = "parse"
       try:
         turn = parse.parse_turn(text, schemas=schemas)
         stage = "step"
         result = env.step(turn)
+        stage = "observation"
+        # What a tokenizer is given next: str, valid UTF-8.
+        result.observation.encode("utf-8")
       except Exception as e:  # pylint: disable=broad-except
         report.errors.append(_error(stage, source, e, text))
         report.by_source[source][f"error:{stage}"] += 1
@@ -308,10 +383,100 @@ def run(n: int, seed: int = 0, task_list: Sequence[Task] | None = None
         break
     try:
       z = verifiers.verify(task, env, turns, max_turns=MAX_TURNS).z
+      if not np.all((z >= 0) & (z <= 1)):
+        raise ValueError(f"z {z.tolist()} outside [0, 1]")
       report.episode_z[",".join(f"{v:g}" for v in z)] += 1
     except Exception as e:  # pylint: disable=broad-except
       report.errors.append(_error("verify", task.task_id, e, ""))
     report.episodes += 1
+  report.seconds = time.perf_counter() - start
+  return report
+
+
+# Corpus classes no tool may accept in these arguments (their formats are
+# checked by `envs.formats`); an accepted one is a failure of the pass.
+MUST_REFUSE = {"bad_dates": {"date"}, "bad_times": {"time"},
+               "emails": {"email"}, "ibans": {"iban"},
+               "other_digits": {"date", "time", "iban"},
+               "non_finite": {"amount"}, "bad_amounts": {"amount"}}
+# Valid values of the arguments beside the one a corpus value goes to, so
+# that a value a tool must refuse is refused for its own sake.
+_GOOD = {"iban": '"DE12345678901234567890"', "amount": "1.5",
+         "date": '"2026-05-01"', "time": '"10:00"',
+         "email": '"a.b@c.example"', "recipients": '["a.b@c.example"]',
+         "participants": '["a.b@c.example"]', "payment_id": '"s1"',
+         "file_id": '"f1"', "event_id": '"ev1"', "doc_id": '"d1"',
+         "email_id": '"e1"', "channel": '"general"', "user": '"alex.morgan"',
+         "count": "5", "permission": '"view"'}
+
+
+def _play_one(task: Task, schemas: list[Any], text: str, source: str,
+              report: Report, must_refuse: bool = False) -> None:
+  """Parses `text`, steps a fresh environment of `task` with it and verifies
+  the one-turn episode; failures go to `report.errors` (with `must_refuse`,
+  a tool call that succeeds is one too)."""
+  env = tasks_lib.make_env(task)
+  report.turns += 1
+  stage = "parse"
+  try:
+    turn = parse.parse_turn(text, schemas=schemas)
+    stage = "step"
+    result = env.step(turn)
+    stage = "observation"
+    result.observation.encode("utf-8")
+    stage = "verify"
+    z = verifiers.verify(task, env, [turn], max_turns=MAX_TURNS).z
+    if not np.all((z >= 0) & (z <= 1)):
+      raise ValueError(f"z {z.tolist()} outside [0, 1]")
+    stage = "accepted"
+    if must_refuse and result.info.get("ok"):
+      raise ValueError("the tool accepted a value it must refuse")
+  except Exception as e:  # pylint: disable=broad-except
+    report.errors.append(_error(stage, source, e, text))
+    report.by_source[source][f"error:{stage}"] += 1
+    return
+  report.episodes += 1
+  report.by_source[source][classify(turn, result.info)] += 1
+
+
+def play_corpus(task_list: Sequence[Task], corpus: dict[str, Any] | None = None,
+                every_slot: bool = False) -> Report:
+  """A deterministic pass over the corpus, one turn per episode.
+
+  Each corpus value is played as an argument of each task's tools (the other
+  arguments valid-looking strings and numbers): in every argument of every
+  tool with `every_slot`, else in one slot per task, the slots taken in
+  turn so that all are used (for a `MUST_REFUSE` class, its arguments'
+  slots when the task has any). Every corpus turn is played on each task.
+  The report's sources are the corpus classes.
+  """
+  corpus = corpus if corpus is not None else load_corpus()
+  start, report = time.perf_counter(), Report()
+  filler = {"string": "\"x\"", "integer": "1", "number": "1.5",
+            "boolean": "true", "array": "[]"}
+  for task in task_list:
+    schemas = tasks_lib.make_env(task).tools
+    slots = [(s["function"], key) for s in schemas
+             for key in s["function"]["parameters"].get("properties", {})]
+    count = 0
+    for name, values in sorted(corpus["values"].items()):
+      targets = MUST_REFUSE.get(name, set())
+      own = [s for s in slots if s[1] in targets] or slots
+      for value in values:
+        chosen = slots if every_slot else [own[count % len(own)]]
+        count += 1
+        for fn, key in chosen:
+          properties = fn["parameters"]["properties"]
+          fields = [f"{json.dumps(k)}: " + (value if k == key else _GOOD.get(
+              k, filler.get(properties[k].get("type"), "null")))
+                    for k in properties]
+          text = (f"<tool_call>\n{{\"name\": {json.dumps(fn['name'])}, "
+                  f"\"arguments\": {{{', '.join(fields)}}}}}\n</tool_call>")
+          _play_one(task, schemas, text, "values/" + name, report,
+                    must_refuse=key in targets)
+    for name, turns in sorted(corpus["turns"].items()):
+      for text in turns:
+        _play_one(task, schemas, text, "turns/" + name, report)
   report.seconds = time.perf_counter() - start
   return report
 
@@ -341,8 +506,8 @@ def _machine() -> str:
   with open("/proc/cpuinfo", encoding="utf-8") as f:
     model = next((line.split(":", 1)[1].strip() for line in f
                   if line.startswith("model name")), model)
-  return (f"{model}, {len(os.sched_getaffinity(0))} cores, load "
-          f"{os.getloadavg()[0]:.1f}")
+  load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+  return f"{model}, {len(os.sched_getaffinity(0))} cores, load {load}"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -352,8 +517,24 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--record", action="store_true",
                       help="append the summary to docs/benchmarks.md")
+  parser.add_argument("--corpus", default=str(CORPUS),
+                      help="the adversarial corpus (JSON)")
+  parser.add_argument("--corpus_pass", action="store_true",
+                      help="instead of --n random turns, play every corpus "
+                           "value in every argument of every tool of one "
+                           "task per suite (fuzz.play_corpus, every_slot)")
   args = parser.parse_args(argv)
-  report = run(args.n, args.seed)
+  try:
+    corpus = load_corpus(args.corpus)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.corpus_pass:
+    task_list = [tasks_lib.all_tasks(suite=s)[0]
+                 for s in ("banking", "drive", "messaging", "workspace")]
+    report = play_corpus(task_list, corpus, every_slot=True)
+  else:
+    report = run(args.n, args.seed, corpus=corpus)
   summary = report.summary()
   print(json.dumps({**summary, "errors": report.errors[:20],
                     "episode_z": dict(report.episode_z.most_common(8))},

@@ -61,7 +61,8 @@ import numpy as np
 
 from mosaic_jax import distributed, sampling
 from mosaic_jax.agent import protocol, render as render_lib
-from mosaic_jax.agent.actions import InvalidAction, ParsedTurn
+from mosaic_jax.agent.actions import (InvalidAction, ParsedTurn,
+                                      replace_surrogates)
 from mosaic_jax.agent.parse import parse_turn
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs import verifiers
@@ -69,10 +70,12 @@ from mosaic_jax.envs.base import Environment
 from mosaic_jax.eval.builtin import EpisodeRecord
 from mosaic_jax.models.decoder import Decoder, KVCache
 
-# Why an episode ended (`EpisodeInfo.end_reason`); all but "terminal" are
-# limits, which leave the episode invalid.
+# Why an episode ended (`EpisodeInfo.end_reason`); all but "terminal" leave
+# the episode invalid: limits, and "env_error" (the environment raised on a
+# turn; the turn is recorded as an `InvalidAction` with the reason, the
+# verdict's details say `env_error`, and the rollout goes on).
 END_REASONS = ("terminal", "max_turns", "max_tokens_per_turn",
-               "max_total_length")
+               "max_total_length", "env_error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +246,7 @@ class _Episode:
   texts: list[str] = dataclasses.field(default_factory=list)
   observations: list[str] = dataclasses.field(default_factory=list)
   end_reason: str | None = None
+  env_error: str | None = None
 
   @property
   def history(self) -> list[tuple[ParsedTurn, str]]:
@@ -513,8 +517,21 @@ class _Engine:
     tools = episode.tools
     turn = parse_turn(text, schemas=tools, think_opened=self.think_opened)
     episode.turns.append(turn)
-    result = episode.env.step(turn)
-    episode.observations.append(result.observation)
+    try:
+      result = episode.env.step(turn)
+    except Exception as e:  # pylint: disable=broad-except
+      # `step` promises not to raise on agent input; when an environment
+      # breaks that promise, one episode ends, not the run.
+      episode.env_error = _error_text("environment", e)
+      episode.turns[-1] = ParsedTurn(InvalidAction(episode.env_error),
+                                     plan=turn.plan,
+                                     safety_thoughts=turn.safety_thoughts)
+      episode.observations.append(f"Error: {episode.env_error}")
+      episode.end_reason = "env_error"
+      return None
+    # Tokenizers cannot encode a lone surrogate; observations never carry one.
+    observation = replace_surrogates(str(result.observation))
+    episode.observations.append(observation)
     # The environment decides what ends an episode (answers and refusals, in
     # every built-in and AgentDojo environment).
     if result.done:
@@ -528,11 +545,11 @@ class _Engine:
     ended_with_eos = bool(ids) and ids[-1] == self.eos
     content = self.tokenizer.decode(ids[:-1] if ended_with_eos else ids,
                                     skip_special_tokens=False)
-    observation = protocol.tool_message(result.observation)
+    message = protocol.tool_message(observation)
     episode.messages += [{"role": "assistant", "content": content},
-                         observation]
+                         message]
     delta_text = render_lib.observation_delta(
-        self.tokenizer, [observation], tools, after_eos=ended_with_eos)
+        self.tokenizer, [message], tools, after_eos=ended_with_eos)
     delta = self.tokenizer(delta_text, add_special_tokens=False).input_ids
     if (len(episode.tokens) + len(delta) + config.max_tokens_per_turn
         > config.max_total_length):
@@ -541,6 +558,29 @@ class _Engine:
     episode.text += text + delta_text
     episode.append(delta, generated=False)
     return np.asarray(delta, np.int32)
+
+
+def _error_text(what: str, error: Exception) -> str:
+  """One line naming an exception, e.g. "environment error (KeyError: 'x')"."""
+  message = " ".join(str(error).split())[:200]
+  return f"{what} error ({type(error).__name__}{': ' if message else ''}" \
+         f"{message})"
+
+
+def _verdict(verify: Callable[..., verifiers.Verdict], e: _Episode,
+             max_turns: int) -> tuple[np.ndarray, dict[str, Any]]:
+  """(z [4], details) of one episode; a verifier that raises scores the
+  episode 0 on every objective with `verifier_error` in the details."""
+  try:
+    verdict = verify(e.task, e.env, e.turns, max_turns)
+    z, details = np.asarray(verdict.z, np.float32), dict(verdict.details)
+  except Exception as error:  # pylint: disable=broad-except
+    verdict = verifiers.error_verdict(e.task, e.turns,
+                                      _error_text("verifier", error))
+    z, details = verdict.z, dict(verdict.details)
+  if e.env_error is not None:
+    details["env_error"] = e.env_error
+  return z, details
 
 
 def _arrays(episodes: Sequence[_Episode], z: np.ndarray, group_ids: np.ndarray,
@@ -637,9 +677,9 @@ def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
   rows = [r * g + j for r in local for j in range(g)]
   records = []
   for e in episodes:
-    verdict = verify(e.task, e.env, e.turns, config.max_turns)
-    records.append(EpisodeRecord(e.task, np.asarray(verdict.z),
-                                 verdict.details, tuple(e.turns), policy.name))
+    z_row, details = _verdict(verify, e, config.max_turns)
+    records.append(EpisodeRecord(e.task, z_row, details, tuple(e.turns),
+                                 policy.name))
   z = np.stack([r.z for r in records]) if records else np.zeros((0, 4))
   arrays = _arrays(episodes, z, np.asarray([r // g for r in rows]), config,
                    tokenizer.pad_token_id)
@@ -653,7 +693,10 @@ def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
   wall = time.perf_counter() - wall_start
   stats = {"wall_s": wall, "device_s": device_s, "host_s": wall - device_s,
            "episodes": len(episodes), "generated_tokens": generated,
-           "turns": sum(len(e.spans) for e in episodes)}
+           "turns": sum(len(e.spans) for e in episodes),
+           "env_errors": sum(e.env_error is not None for e in episodes),
+           "verifier_errors": sum("verifier_error" in r.details
+                                  for r in records)}
   return Rollout(Trajectories(**arrays), infos, stats)
 
 

@@ -169,17 +169,21 @@ def test_bad_tool_input_gives_error_observations():
   assert results["missing"].observation.startswith("Error: ValidationError")
   assert "amount" in results["missing"].observation
   assert results["type"].observation.startswith("Error: ValidationError")
-  assert results["not_object"].observation == (
-      "Error: arguments must be a JSON object")
+  # Wrongly typed actions never reach AgentDojo (`actions.check_action`).
+  assert results["not_object"].observation.startswith(
+      "Error: invalid action (arguments of 'get_balance' must be an object, "
+      "got list)")
   assert results["tool_raises"].observation == (
       "Error: ValueError: Transaction with ID 999 not found.")
   assert results["key_not_string"].observation.startswith(
-      "Error: ValidationError: 1 validation error for FunctionCall")
+      "Error: invalid action (arguments of 'get_balance' hold an object key "
+      "of type int)")
   assert results["unformattable"].observation == (
       "Error: TypeError: Not valid type for item tool result: <class 'float'>")
   assert all(not r.done and not r.info["ok"] for r in results.values())
   assert env.environment == before
-  assert [e["ok"] for e in env.state["log"]] == [False] * len(steps)
+  # Invalid actions are not tool calls: they leave no log entry.
+  assert [e["ok"] for e in env.state["log"]] == [False] * (len(steps) - 2)
   ok = env.step(ToolCall("get_balance", {}))
   assert ok.info["ok"] and ok.observation == str(before.bank_account.balance)
   # Invalid turns and terminal actions follow the base protocol.

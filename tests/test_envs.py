@@ -301,9 +301,10 @@ def test_same_task_same_observations_and_copy_is_independent():
      "Error: no document with id 'd77'"),
     (ToolCall("read_document", {"doc_id": "d1", "extra": 1}),
      "Error: unknown argument(s) ['extra'] for 'read_document'"),
-    (ToolCall("read_document", ["d1"]), "Error: arguments must be a JSON object"),
     (ToolCall("send_money", {"iban": "not-an-iban", "amount": 5}),
-     "Error: 'not-an-iban' is not a valid IBAN"),
+     "Error: 'not-an-iban' is not a valid IBAN (argument 'iban': two capital "
+     "letters, two check digits, 11-30 capitals or digits, ASCII, no "
+     "spaces)"),
 ])
 def test_bad_tool_input_gives_error_observation(call, message):
   env = tasks.make_env(tasks.get_task("banking/benign/pay_invoice/train/0"))

@@ -17,8 +17,12 @@ import json
 import re
 from typing import Any, Collection, Mapping, Sequence
 
-from mosaic_jax.agent.actions import (REFUSAL_TOOL, Answer, InvalidAction,
-                                      ParsedTurn, Refusal, ToolCall)
+from mosaic_jax.agent.actions import (MAX_DEPTH, MAX_INT_DIGITS,
+                                      REFUSAL_TOOL, Answer,
+                                      InvalidAction, ParsedTurn, Refusal,
+                                      ToolCall, check_json_value,
+                                      replace_surrogates,
+                                      replace_surrogates_in)
 from mosaic_jax.agent.protocol import (CALL_CLOSE, CALL_OPEN, RESPONSE_OPEN,
                                        SAFETY_CLOSE, SAFETY_OPEN, THINK_CLOSE,
                                        THINK_OPEN, ToolSchema, schema_name)
@@ -27,7 +31,8 @@ from mosaic_jax.agent.protocol import (CALL_CLOSE, CALL_OPEN, RESPONSE_OPEN,
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|end|>")
 
 _TAG_RE = re.compile(r"</?(?:think|safety_thoughts|tool_call|tool_response)>")
-_DECODER = json.JSONDecoder()
+# A float literal longer than this is refused before float() reads it.
+_MAX_FLOAT_CHARS = 400
 _CALL_KEYS = frozenset({"name", "arguments"})
 _MAX_NAME_IN_REASON = 40
 
@@ -46,6 +51,31 @@ _JSON_TYPES = {
 
 class _Invalid(Exception):
   """Internal: the first protocol violation found, with its reason."""
+
+
+def _parse_int(literal: str) -> int:
+  # Measured before int(): Python refuses more than 4300 digits with a
+  # ValueError, and a 10^309 int overflows float() in the tools.
+  if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+    raise _Invalid(f"tool call holds an integer of more than "
+                   f"{MAX_INT_DIGITS} digits")
+  return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+  value = float(literal) if len(literal) <= _MAX_FLOAT_CHARS else None
+  if value is None or value != value or abs(value) == float("inf"):
+    raise _Invalid("tool call holds a number that is not finite or is too "
+                   "long (NaN, Infinity and 1e999 are refused)")
+  return value
+
+
+def _parse_constant(literal: str) -> float:
+  raise _Invalid(f"tool call holds {literal}, which is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
+                            parse_constant=_parse_constant)
 
 
 def _short(name: str) -> str:
@@ -148,6 +178,11 @@ def _decode_call(inner: str) -> tuple[str, dict[str, Any]]:
     raise _Invalid("tool call JSON is nested too deeply")
   if inner[end:].strip():
     raise _Invalid("trailing text after the tool call JSON")
+  # The call object wraps the arguments: they get the whole depth bound.
+  problem = check_json_value(obj, surrogates_ok=True, max_depth=MAX_DEPTH + 1)
+  if problem is not None:
+    raise _Invalid(f"tool call holds {problem}")
+  obj = replace_surrogates_in(obj)
   if not isinstance(obj, dict):
     raise _Invalid("tool call must be a JSON object")
   name = obj.get("name")
@@ -255,6 +290,9 @@ def parse_turn(text: str,
   """
   if not isinstance(text, str):
     return ParsedTurn(InvalidAction("turn is not text"))
+  # Plans, answers and refusal reasons reach observations, transcripts and
+  # tokenizers, which cannot encode a lone surrogate.
+  text = replace_surrogates(text)
   by_name = {schema_name(s): s for s in schemas or []}
   if tool_names is None and schemas is not None:
     tool_names = set(by_name)

@@ -9,7 +9,9 @@ docstring, so the schema the model sees cannot drift from the code that runs.
 Every state carries two bookkeeping lists the verifiers rely on:
   * `log`: one entry per tool call `{"name", "arguments", "ok"}`;
   * `outbox`: one entry per piece of data that left the user's account
-    `{"tool", "recipients", "content"}` (emails, messages, shares, payments).
+    `{"tool", "recipients", "content"[, "source"]}` (emails, invites,
+    messages, shares, payments; `source` names where the data still lives,
+    re-read by the verifiers at the end of the episode).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mosaic_jax.agent.actions import (REFUSAL_TOOL, Action, Answer,
                                       InvalidAction, ParsedTurn, Refusal,
-                                      ToolCall)
+                                      ToolCall, check_action)
 
 KINDS = ("benign", "harmful", "injection", "privacy")
 SPLITS = ("train", "validation", "test", "test_ood")
@@ -203,7 +205,13 @@ def _check_value(name: str, value: Any, hint: Any) -> Any:
   # bool is an int subclass in Python but not in JSON schema.
   if hint is float and isinstance(value, (int, float)) and not isinstance(
       value, bool):
-    return float(value)
+    try:
+      number = float(value)
+    except OverflowError:  # An int past 1.8e308.
+      raise ToolError(f"argument '{name}' is too large") from None
+    if number != number or abs(number) == float("inf"):
+      raise ToolError(f"argument '{name}' must be a finite number")
+    return number
   if hint is int and isinstance(value, int) and not isinstance(value, bool):
     return value
   if hint in (str, bool) and isinstance(value, hint):
@@ -248,11 +256,20 @@ class Environment:
     return copy.deepcopy(self)
 
   def step(self, action: Action | ParsedTurn) -> StepResult:
-    """Applies one action; never raises on bad agent input."""
+    """Applies one action; never raises on bad agent input.
+
+    An `Action` object of wrong types (`actions.check_action`) is answered
+    like an `InvalidAction`.
+    """
     if isinstance(action, ParsedTurn):
       action = action.action
     if self.done:
       return StepResult("Error: the episode is over.", True, {"ok": False})
+    problem = check_action(action)
+    if problem is not None:
+      return StepResult(f"Error: invalid action ({problem}). Reply with one "
+                        "tool call, a refusal or a final answer.", False,
+                        {"ok": False, "invalid": True})
     if isinstance(action, ToolCall) and action.name == REFUSAL_TOOL:
       action = Refusal(str(dict(action.arguments or {}).get("reason", "")))
     if isinstance(action, Refusal):
@@ -308,11 +325,23 @@ class Environment:
   # Helpers for subclasses.
 
   def send_out(self, tool_name: str, recipients: Sequence[str],
-               content: str) -> None:
-    """Records data leaving the user's account (scanned by privacy checks)."""
-    self.state["outbox"].append({"tool": tool_name,
-                                 "recipients": list(recipients),
-                                 "content": content})
+               content: str, source: Mapping[str, str] | None = None) -> None:
+    """Records data leaving the user's account (scanned by privacy checks).
+
+    Args:
+      tool_name: the outbound tool.
+      recipients: who received it when it was sent.
+      content: what they received then.
+      source: where the data still lives, read again at the end of the
+        episode (`verifiers.final_outbox`): `{"collection": "files", "id":
+        "f3"}` (a shared file, later appends included) or `{"channel":
+        "general"}` (a post, read by members invited later too).
+    """
+    record = {"tool": tool_name, "recipients": list(recipients),
+              "content": content}
+    if source is not None:
+      record["source"] = dict(source)
+    self.state["outbox"].append(record)
 
   def find(self, collection: str, item_id: str, what: str) -> dict[str, Any]:
     for item in self.state[collection]:

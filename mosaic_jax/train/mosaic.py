@@ -308,6 +308,9 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
     if s.den.sum():
       stats[f"batch/{name}"] = float(s.num.sum() / s.den.sum())
   stats["batch/generated_tokens"] = float(out.stats["generated_tokens"])
+  # Episodes ended by an environment or verifier that raised (0 normally).
+  for name in ("env_errors", "verifier_errors"):
+    stats[f"batch/{name}"] = float(out.stats.get(name, 0))
   stats["batch/mean_length"] = float(np.mean(
       np.asarray(out.trajectories.lengths)))
   return stats

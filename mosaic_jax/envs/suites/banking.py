@@ -5,12 +5,10 @@ import random
 import re
 from typing import Any
 
-from mosaic_jax.envs import entities as E
+from mosaic_jax.envs import entities as E, formats
 from mosaic_jax.envs.base import Environment, ToolError, tool
 from mosaic_jax.envs.tasks import Suite
 
-_IBAN = re.compile(r"^[A-Z]{2}\d{10,30}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _IBAN_RE = r"IBAN ([A-Z]{2}\d+)"
 
 
@@ -62,9 +60,9 @@ class BankingEnv(Environment):
       amount: amount in EUR, positive.
       note: payment reference shown to the recipient.
     """
-    if not _IBAN.match(iban):
-      raise ToolError(f"'{iban}' is not a valid IBAN")
-    if not 0 < amount <= self.state["balance"]:
+    formats.iban("iban", iban)
+    formats.amount("amount", amount)
+    if amount > self.state["balance"]:
       raise ToolError("amount must be positive and at most the balance")
     self.state["balance"] = round(self.state["balance"] - amount, 2)
     tx_id = self.next_id("t")
@@ -93,13 +91,15 @@ class BankingEnv(Environment):
       date: day as YYYY-MM-DD.
       note: payment reference shown to the recipient.
     """
-    if not _IBAN.match(iban) or not _DATE.match(date) or amount <= 0:
-      raise ToolError("need a valid IBAN, a positive amount and YYYY-MM-DD")
+    formats.iban("iban", iban)
+    formats.amount("amount", amount)
+    formats.date("date", date)
     pay_id = self.next_id("s")
     self.state["scheduled"].append({"id": pay_id, "recipient": iban,
                                     "iban": iban, "amount": amount,
                                     "date": date, "note": note})
-    self.send_out("schedule_payment", [iban], note)
+    self.send_out("schedule_payment", [iban], note,
+                  source={"collection": "scheduled", "id": pay_id})
     return f"Payment {pay_id} scheduled."
 
   @tool
@@ -114,12 +114,12 @@ class BankingEnv(Environment):
       date: new day as YYYY-MM-DD; omit to keep it.
     """
     payment = self.find("scheduled", payment_id, "scheduled payment")
-    if amount is not None and amount <= 0:
-      raise ToolError("amount must be positive")
-    if date is not None and not _DATE.match(date):
-      raise ToolError("date must look like YYYY-MM-DD")
+    if amount is not None:
+      formats.amount("amount", amount)
+    if date is not None:
+      formats.date("date", date)
     payment["amount"] = payment["amount"] if amount is None else amount
-    payment["date"] = date or payment["date"]
+    payment["date"] = payment["date"] if date is None else date
     return f"Payment {payment_id}: {payment['amount']:.2f} EUR on {payment['date']}."
 
   @tool

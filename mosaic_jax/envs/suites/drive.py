@@ -5,7 +5,7 @@ import random
 import re
 from typing import Any
 
-from mosaic_jax.envs import entities as E
+from mosaic_jax.envs import entities as E, formats
 from mosaic_jax.envs.base import Environment, ToolError, tool
 from mosaic_jax.envs.tasks import Suite
 
@@ -117,13 +117,13 @@ class DriveEnv(Environment):
       email: the address to share with.
       permission: one of "view", "comment", "edit".
     """
-    if "@" not in email:
-      raise ToolError(f"'{email}' is not an email address")
+    formats.email("email", email)
     if permission not in PERMISSIONS:
       raise ToolError(f"permission must be one of {list(PERMISSIONS)}")
     f = self.find("files", file_id, "file")
     f["shared_with"].append(email)
-    self.send_out("share_file", [email], f["name"] + "\n" + f["content"])
+    self.send_out("share_file", [email], f["name"] + "\n" + f["content"],
+                  source={"collection": "files", "id": f["id"]})
     return f"Shared {f['name']} with {email} ({permission})."
 
 

@@ -67,7 +67,8 @@ class MessagingEnv(Environment):
     c = self._channel(channel)
     self.state["messages"].append({"channel": c["name"], "sender": "alex.morgan",
                                    "text": text})
-    self.send_out("post_message", c["members"], text)
+    self.send_out("post_message", c["members"], text,
+                  source={"channel": c["name"]})
     return f"Posted to #{c['name']}."
 
   @tool

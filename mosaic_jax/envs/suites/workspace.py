@@ -5,12 +5,10 @@ import random
 import re
 from typing import Any
 
-from mosaic_jax.envs import entities as E
+from mosaic_jax.envs import entities as E, formats
 from mosaic_jax.envs.base import Environment, ToolError, tool
 from mosaic_jax.envs.tasks import Suite
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_TIME = re.compile(r"^\d{2}:\d{2}$")
 _EMAIL_RE = r"<([^<>\s]+@[^<>\s]+)>"
 TITLES = ("design review", "budget sync", "hiring panel", "client demo",
           "roadmap planning", "vendor call", "security audit", "team retro")
@@ -62,8 +60,10 @@ class WorkspaceEnv(Environment):
       subject: subject line.
       body: message text.
     """
-    if not recipients or any("@" not in r for r in recipients):
+    if not recipients:
       raise ToolError("recipients must be a non-empty list of email addresses")
+    for address in recipients:
+      formats.email("recipients", address)
     email_id = self.next_id("e")
     self.state["emails"].append({
         "id": email_id, "sender": E.USER_EMAIL, "recipients": recipients,
@@ -104,8 +104,8 @@ class WorkspaceEnv(Environment):
     Args:
       date: a day as YYYY-MM-DD; empty for all events.
     """
-    if date and not _DATE.match(date):
-      raise ToolError("date must look like YYYY-MM-DD")
+    if date:
+      formats.date("date", date)
     hits = [e for e in self.state["events"] if not date or e["date"] == date]
     if not hits:
       return "No events."
@@ -113,7 +113,7 @@ class WorkspaceEnv(Environment):
                      f"participants: {', '.join(e['participants'])}"
                      for e in hits)
 
-  @tool
+  @tool(outbound=True)
   def create_event(self, title: str, date: str, time: str,
                    participants: list[str]) -> str:
     """Creates a calendar event.
@@ -124,11 +124,17 @@ class WorkspaceEnv(Environment):
       time: start time as HH:MM.
       participants: email addresses of the invitees.
     """
-    if not _DATE.match(date) or not _TIME.match(time):
-      raise ToolError("date must be YYYY-MM-DD and time HH:MM")
+    formats.date("date", date)
+    formats.time("time", time)
+    for address in participants:
+      formats.email("participants", address)
     event_id = self.next_id("ev")
     self.state["events"].append({"id": event_id, "title": title, "date": date,
                                  "time": time, "participants": participants})
+    # Every participant gets the invitation: its title, day and time.
+    self.send_out("create_event", participants,
+                  f"{title}\n{date} {time}\n{', '.join(participants)}",
+                  source={"collection": "events", "id": event_id})
     return f"Event {event_id} created."
 
   @tool
@@ -140,8 +146,9 @@ class WorkspaceEnv(Environment):
       date: new day as YYYY-MM-DD.
       time: new start time as HH:MM; empty keeps the current time.
     """
-    if not _DATE.match(date) or (time and not _TIME.match(time)):
-      raise ToolError("date must be YYYY-MM-DD and time HH:MM")
+    formats.date("date", date)
+    if time:
+      formats.time("time", time)
     event = self.find("events", event_id, "event")
     event["date"] = date
     event["time"] = time or event["time"]
