@@ -118,7 +118,7 @@ def test_pg_advantage_sign_moves_logprob(template, pg_batch, sign):
   state, metrics = _pg_step()(_copy(template), batch)
   # At π = π_old = π_ref: ratio 1, nothing clipped, KL 0.
   assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
-  assert float(metrics["clip_fraction"]) == 0.0
+  assert float(metrics["clip_ratio/region_mean"]) == 0.0
   assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
   new = steps.compute_logprobs(state.graphdef, state.params, pg_batch.tokens,
                                pg_batch.attention_mask, microbatch=2,
@@ -132,7 +132,7 @@ def test_pg_advantage_sign_moves_logprob(template, pg_batch, sign):
 def test_gradient_accumulation_is_exact(template, pg_batch, aggregation):
   whole, m_whole = _pg_step(aggregation, 0)(_copy(template), pg_batch)
   split, m_split = _pg_step(aggregation, 2)(_copy(template), pg_batch)
-  for key in ("loss", "grad_norm", "kl", "clip_fraction", "tokens"):
+  for key in ("loss", "grad_norm", "kl", "clip_ratio/region_mean", "tokens"):
     np.testing.assert_allclose(m_split[key], m_whole[key], rtol=1e-5,
                                atol=1e-7, err_msg=key)
   before = jax.tree.leaves(_host(template.params))
