@@ -115,9 +115,15 @@ class PGConfig:
     dual_clip: dual-clip constant c (> 1), or None.
     kl_beta: β of the KL penalty; 0 disables it.
     kl_estimator: key of `losses.KL_ESTIMATORS`.
-    kl_in_reward: the KL is a k1 reward penalty (`losses.kl_reward_advantages`,
-      applied by the loop to the advantages) instead of a loss term; the
-      step then adds no KL to the loss.
+    kl_in_reward: the KL is a k1 reward penalty instead of a loss term: the
+      step adds `losses.kl_reward_advantages` of the sequence k1 (π_old
+      against π_ref, per group of `group_size` rows) to the advantages and
+      no KL to the loss. Needs `kl_estimator="k1"`.
+    dynamic_sampling: DAPO's dynamic sampling without refill: rows of
+      groups whose advantages are all 0 (no signal) are dropped from the
+      loss (their loss mask is zeroed, so they leave the token counts).
+    group_size: rows per group (consecutive rows); needed by
+      `kl_in_reward` and `dynamic_sampling`.
     aggregation: key of `losses.AGGREGATIONS`.
     seq_norm: constant of the "sequence-sum" aggregation.
     policy_ratio: key of `losses.POLICY_RATIOS` ("ppo" per token, "gspo"
@@ -138,6 +144,8 @@ class PGConfig:
   kl_beta: float = 0.0
   kl_estimator: str = "k3"
   kl_in_reward: bool = False
+  dynamic_sampling: bool = False
+  group_size: int = 0
   aggregation: str = "token-mean"
   seq_norm: float = 1.0
   policy_ratio: str = "ppo"
@@ -147,6 +155,21 @@ class PGConfig:
   microbatch: int = 0
   chunk_size: int = 128
   donate: bool = True
+
+  def __post_init__(self):
+    if self.kl_in_reward and self.kl_estimator != "k1":
+      raise ValueError(
+          f"rl.kl_in_reward needs rl.kl_estimator='k1' (got "
+          f"{self.kl_estimator!r}): only k1 as a reward has the gradient of "
+          "KL(π‖π_ref)")
+    if (self.kl_in_reward or self.dynamic_sampling) and self.group_size < 1:
+      raise ValueError("rl.kl_in_reward and rl.dynamic_sampling need "
+                       "rl.group_size >= 1")
+    for name in ("epochs", "minibatches"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"rl.{name}={getattr(self, name)} must be >= 1")
+    if not self.temperature > 0:
+      raise ValueError(f"log-prob temperature {self.temperature} must be > 0")
 
   @property
   def updates(self) -> int:
@@ -279,8 +302,8 @@ def reference_logprobs(ref_model: nnx.Module, batch: PGBatch, *,
 def old_logprobs(state: TrainState, batch: PGBatch, cfg: PGConfig
                  ) -> tuple[PGBatch, Array]:
   """`batch` with `old_logp` recomputed by the policy that sampled it, at
-  `cfg.temperature`; also the token-aligned entropy `[B, T]` at that
-  temperature.
+  `cfg.temperature`; also the policy's entropy at that temperature, `[]`,
+  the mean over the batch's loss tokens.
 
   The sampler records log-probs of the unscaled logits; at T ≠ 1 those are
   not the sampling distribution's, and even at T = 1 the cached decode
@@ -291,7 +314,13 @@ def old_logprobs(state: TrainState, batch: PGBatch, cfg: PGConfig
       state.graphdef, state.params, batch.tokens, batch.attention_mask,
       microbatch=cfg.microbatch, chunk_size=cfg.chunk_size,
       temperature=cfg.temperature, entropy=True)
-  return batch._replace(old_logp=logp), ent
+  return batch._replace(old_logp=logp), _token_mean(ent, batch.loss_mask)
+
+
+@jax.jit
+def _token_mean(x: Array, mask: Array) -> Array:
+  m = mask.astype(jnp.float32)
+  return jnp.sum(jnp.where(m > 0, x * m, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -537,9 +566,10 @@ def ppo_updates(tx: optax.GradientTransformation, params: Any, opt_state: Any,
 def _pg_step(state: TrainState, batch: PGBatch, *, cfg: PGConfig,
              schedule: optax.Schedule | None
              ) -> tuple[TrainState, Metrics]:
-  if cfg.loss_kl_beta and batch.ref_logp is None:
+  if cfg.kl_beta and batch.ref_logp is None:
     raise ValueError("kl_beta > 0 needs batch.ref_logp "
                      "(fill it with reference_logprobs)")
+  batch = shape_batch(batch, cfg)
   params, opt_state, per = ppo_updates(
       state.tx, state.params, state.opt_state, batch,
       pg_loss_fn(state.graphdef, cfg), epochs=cfg.epochs,
@@ -548,6 +578,30 @@ def _pg_step(state: TrainState, batch: PGBatch, *, cfg: PGConfig,
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
   return new_state, _drop_nan_lr(pg_metrics(per, cfg.epochs), schedule)
+
+
+def shape_batch(batch: PGBatch, cfg: PGConfig) -> PGBatch:
+  """Dynamic sampling, then the k1 reward penalty (`PGConfig`).
+
+  Groups are `cfg.group_size` consecutive rows. With `dynamic_sampling`,
+  a group whose advantages are all 0 gets loss mask 0 (dropped, not
+  refilled: shapes stay static and the aggregation's counts shrink). With
+  `kl_in_reward`, `losses.kl_reward_advantages(β, sequence k1 of π_old vs
+  π_ref)` is added to every kept row's advantage.
+  """
+  g = cfg.group_size
+  adv = batch.advantages.astype(jnp.float32)
+  if cfg.dynamic_sampling:
+    keep = jnp.any(adv.reshape(-1, g) != 0, axis=-1)
+    row_keep = jnp.repeat(keep, g)
+    batch = batch._replace(loss_mask=jnp.where(
+        row_keep[:, None], batch.loss_mask, jnp.zeros_like(batch.loss_mask)))
+  if cfg.kl_in_reward and cfg.kl_beta:
+    k = losses.sequence_kl(batch.old_logp, batch.ref_logp, batch.loss_mask)
+    adv = adv + losses.kl_reward_advantages(k.reshape(-1, g),
+                                            cfg.kl_beta).reshape(-1)
+    batch = batch._replace(advantages=adv)
+  return batch
 
 
 def pg_metrics(per: Metrics, epochs: int = 1) -> Metrics:
