@@ -132,3 +132,47 @@ def test_dynamic_sampling_and_kl_in_reward_shape_the_batch():
     steps.PGConfig(kl_in_reward=True, kl_estimator="k3", group_size=2)
   with pytest.raises(ValueError, match="group_size"):
     steps.PGConfig(dynamic_sampling=True)
+
+
+def test_loop_advantages_metrics_and_settings():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from configs import tiny  # pylint: disable=import-outside-toplevel
+  from mosaic_jax.train import mosaic, validate  # pylint: disable=import-outside-toplevel
+  rl = ml_collections.ConfigDict(dict(
+      reward="pairwise", advantage="grpo", adv_ddof=0, adv_eps=1e-6,
+      tie_advantage="zero"))
+  # Group 0: all ties, lengths differ; group 1: the first member wins.
+  components = {
+      "pairwise": np.array([[0.5, 0.5], [1.0, 0.0]], np.float32),
+      "format": np.array([[2.0, 2.0], [1.0, 1.0]], np.float32),
+      "length_penalty": np.array([[0.0025, 0.005], [0.0, 0.0]], np.float32)}
+  adv, signal = mosaic.task_advantages(components, rl)
+  assert signal.tolist() == [False, True]
+  np.testing.assert_array_equal(adv[0], 0.0)
+  np.testing.assert_allclose(adv[1], [1.0, -1.0], rtol=1e-5)
+  rl.tie_advantage = "keep"
+  np.testing.assert_allclose(mosaic.task_advantages(components, rl)[0][0],
+                             [1.0, -1.0], rtol=1e-3)
+  rewards = mosaic.total_reward(components, "pairwise")
+  m = mosaic.reward_metrics(components, rewards, signal, adv)
+  assert m["reward"] == pytest.approx(np.mean([2.4975, 2.495, 2.0, 1.0]))
+  assert m["reward_std"] == pytest.approx((0.00125 + 0.5) / 2, rel=1e-4)
+  assert m["frac_reward_zero_std"] == 0.0 and m["frac_tied_groups"] == 0.5
+  assert m["rewards/pairwise/mean"] == pytest.approx(0.5)
+  assert m["rewards/format/std"] == pytest.approx(0.5)
+  # The tiny config samples at 0.7: the PG log-probs follow.
+  c = tiny.get_config()
+  cfg = mosaic.pg_config(c)
+  assert cfg.temperature == 0.7 and cfg.seq_norm == c.rollout.max_total_length
+  assert cfg.group_size == c.rl.group_size and cfg.updates == 1
+  c.rl.temper_logprobs = False
+  assert mosaic.pg_config(c).temperature == 1.0
+  c.rl.update(epochs=2, minibatches=4)
+  assert mosaic.rl_optimizer(c, 70).total_steps == 70 * 8
+  c.workdir = "/tmp/unused_workdir_check"
+  c.rl.update(kl_in_reward=True, minibatches=3, tie_advantage="drop",
+              policy_ratio="seq")
+  problems = "\n".join(validate.value_problems(c, process_count=1))
+  for field in ("rl.kl_in_reward", "rl.minibatches=3", "rl.tie_advantage",
+                "rl.policy_ratio"):
+    assert field in problems, (field, problems)
