@@ -742,7 +742,9 @@ class Run:
           ) -> state_lib.TrainState:
     c = self.config
     it = self.iterator("sft", extra)
-    step_fn = steps_lib.make_sft_step(steps_lib.SFTConfig.from_config(c.sft))
+    step_fn = steps_lib.make_sft_step(
+        steps_lib.SFTConfig.from_config(c.sft),
+        state_lib.learning_rate_schedule(self.sft_opt))
     rows = c.sft.batch // jax.process_count()
     pad = self.tokenizer.pad_token_id
     step = int(state.step)
