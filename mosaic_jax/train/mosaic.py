@@ -273,8 +273,7 @@ def reward_components(out: Rollout, judge: Any,
   """
   g = rl.group_size
   infos = out.episodes
-  rows = np.asarray([e.row for e in infos])
-  lengths = np.asarray(out.trajectories.loss_mask)[rows].sum(1).reshape(-1, g)
+  lengths = generated_lengths(out).reshape(-1, g)
   fmt = np.asarray([format_bonus(e, think_bonus=rl.format_think_bonus,
                                  valid_bonus=rl.format_valid_bonus)
                     for e in infos], np.float32).reshape(-1, g)
@@ -294,6 +293,12 @@ def reward_components(out: Rollout, judge: Any,
   return {rl.reward: np.asarray(comparison, np.float32), "format": fmt,
           "length_penalty": np.asarray(
               losses.length_penalty(jnp.asarray(lengths), rl.l0), np.float32)}
+
+
+def generated_lengths(out: Rollout) -> np.ndarray:
+  """Generated (loss) tokens of each of this process's episodes, `[N]`."""
+  rows = np.asarray([e.row for e in out.episodes])
+  return np.asarray(out.trajectories.loss_mask)[rows].sum(1)
 
 
 def group_rewards(out: Rollout, judge: Any, rl: ml_collections.ConfigDict
@@ -365,8 +370,7 @@ def completion_metrics(out: Rollout) -> dict[str, float]:
   max) and `completions/clipped_ratio`, the share of episodes that ended on
   a limit (turns, tokens per turn or total length) rather than an answer or
   refusal."""
-  rows = np.asarray([e.row for e in out.episodes])
-  lengths = np.asarray(out.trajectories.loss_mask)[rows].sum(1)
+  lengths = generated_lengths(out)
   return {"completions/mean_length": float(lengths.mean()),
           "completions/min_length": float(lengths.min()),
           "completions/max_length": float(lengths.max()),
@@ -422,11 +426,12 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
 def rl_batch(state: state_lib.TrainState, reference: decoder.Decoder,
              out: Rollout, advantages: np.ndarray, cfg: steps_lib.PGConfig,
              rl: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-             ) -> tuple[steps_lib.PGBatch, float]:
+             ) -> tuple[steps_lib.PGBatch, jax.Array]:
   """The PG batch of a rollout: trajectories, advantages `[B, G]` (rows in
   group order), π_old recomputed at `cfg.temperature` by the sampling
   policy (`steps.old_logprobs`), π_ref when `rl.kl_beta`; also the policy's
-  token-mean entropy on the batch's loss tokens."""
+  token-mean entropy on the batch's loss tokens (`[]`, on device: read it
+  after the step, so the host does not wait in between)."""
   traj = out.trajectories
   fields = dict(tokens=traj.tokens, loss_mask=traj.loss_mask,
                 attention_mask=traj.attention_mask, old_logp=traj.logprobs)
@@ -441,7 +446,7 @@ def rl_batch(state: state_lib.TrainState, reference: decoder.Decoder,
     batch = steps_lib.reference_logprobs(
         reference, batch, microbatch=cfg.microbatch,
         chunk_size=cfg.chunk_size, temperature=cfg.temperature)
-  return batch, float(entropy)
+  return batch, entropy
 
 
 # -------------------------------------------------------------------- loop --
@@ -815,7 +820,7 @@ class Run:
       metrics = jax.block_until_ready(metrics)
       step += 1
       faults.fault_point("update", step)
-      rl_metrics = {**metrics, "entropy": entropy,
+      rl_metrics = {**metrics, "entropy": float(entropy),
                     **reward_metrics(components, rewards, signal, adv),
                     **completion_metrics(out), **rollout_stats(out)}
       self.log_step("rl", step, rl_metrics,
