@@ -381,8 +381,7 @@ def _update(tx: optax.GradientTransformation, params: nnx.State,
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   old = (params, opt_state)
-  lr = (schedule(optimizer_count(opt_state)) if schedule is not None
-        else jnp.asarray(jnp.nan))
+  lr = None if schedule is None else schedule(optimizer_count(opt_state))
 
   def update(_):
     updates, new_opt = tx.update(grads, opt_state, params)
@@ -404,10 +403,11 @@ def _update(tx: optax.GradientTransformation, params: nnx.State,
   # untouched and the NaN gradient never reaches the optimizer moments.
   params, opt_state, applied = jax.lax.cond(
       finite, update, lambda _: (*old, jnp.asarray(False)), None)
-  return params, opt_state, {
-      "loss": loss, "grad_norm": grad_norm,
-      "skipped": 1.0 - applied.astype(jnp.float32),
-      "learning_rate": jnp.asarray(lr, jnp.float32)}
+  metrics = {"loss": loss, "grad_norm": grad_norm,
+             "skipped": 1.0 - applied.astype(jnp.float32)}
+  if lr is not None:
+    metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
+  return params, opt_state, metrics
 
 
 def _apply_update(state: TrainState, total: Array, count: Array,
@@ -419,14 +419,6 @@ def _apply_update(state: TrainState, total: Array, count: Array,
                                        schedule)
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), metrics
-
-
-def _drop_nan_lr(metrics: Metrics, schedule: optax.Schedule | None
-                 ) -> Metrics:
-  if schedule is None:
-    metrics = dict(metrics)
-    metrics.pop("learning_rate", None)
-  return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -448,7 +440,7 @@ def _sft_step(state: TrainState, batch: SFTBatch, *, cfg: SFTConfig,
 
   total, count, grads, aux = _accumulate(loss_fn, state.params, batch, n)
   new_state, metrics = _apply_update(state, total, count, grads, schedule)
-  return new_state, _drop_nan_lr({**metrics, **aux}, schedule)
+  return new_state, {**metrics, **aux}
 
 
 def make_sft_step(cfg: SFTConfig, schedule: optax.Schedule | None = None
@@ -577,7 +569,7 @@ def _pg_step(state: TrainState, batch: PGBatch, *, cfg: PGConfig,
       schedule=schedule)
   new_state = state.replace(step=state.step + 1, params=params,
                             opt_state=opt_state)
-  return new_state, _drop_nan_lr(pg_metrics(per, cfg.epochs), schedule)
+  return new_state, pg_metrics(per, cfg.epochs)
 
 
 def shape_batch(batch: PGBatch, cfg: PGConfig) -> PGBatch:
@@ -617,7 +609,6 @@ def pg_metrics(per: Metrics, epochs: int = 1) -> Metrics:
   low = per["clip_low_sum"] / tokens
   high = per["clip_high_sum"] / tokens
   out = {"loss": jnp.mean(per["loss"]), "grad_norm": jnp.mean(per["grad_norm"]),
-         "learning_rate": jnp.mean(per["learning_rate"]),
          "skipped": jnp.max(per["skipped"]),
          "skipped_updates": jnp.sum(per["skipped"]),
          "tokens": jnp.sum(per["tokens"]) / epochs,
@@ -627,6 +618,8 @@ def pg_metrics(per: Metrics, epochs: int = 1) -> Metrics:
          "ratio_mean": jnp.mean(per["ratio_sum"] / tokens)}
   if "kl_sum" in per:
     out["kl"] = jnp.mean(per["kl_sum"] / tokens)
+  if "learning_rate" in per:
+    out["learning_rate"] = jnp.mean(per["learning_rate"])
   return out
 
 
