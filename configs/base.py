@@ -69,14 +69,32 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   # MOSAIC RL (judge.make_judge, losses, train.steps.PGConfig). reward:
   # "pairwise" (judge wins + format bonus − length penalty) or "scalar"
   # (losses.scalar_rewards with scalar_weights over z, the paper's ablation).
-  # Each step: one PPO-clip update on tasks_per_step * group_size episodes,
-  # old log-probs from the sampler (docs/training.md).
+  # Each step: epochs x minibatches PPO-clip updates on tasks_per_step *
+  # group_size episodes against pi_old, recomputed by the sampling policy
+  # (docs/training.md, docs/losses.md). losses.OBJECTIVE_PRESETS holds
+  # GRPO, Dr. GRPO, DAPO, GSPO and RLOO as settings of this section.
   c.rl = ml_collections.ConfigDict(dict(
       steps=200, group_size=4, tasks_per_step=4, judge="verifier",
       reward="pairwise",
       scalar_weights=(1.0, 1.0, 1.0, 1.0),
       advantage="grpo", adv_ddof=0, adv_eps=1e-6,
+      # Groups whose length-free rewards all tie get A = 0 ("zero"); "keep"
+      # lets the length penalty alone rank them (the old behaviour).
+      tie_advantage="zero",
+      # ppo (token ratio) | gspo (sequence ratio); clip [1-lo, 1+hi].
+      policy_ratio="ppo",
       clip_eps_lo=0.2, clip_eps_hi=0.2, kl_beta=0.04, kl_estimator="k3",
+      # True: beta * k1 is a reward penalty (needs kl_estimator="k1"), not
+      # a loss term; k3 as a loss follows the gradient of KL(ref || pi).
+      kl_in_reward=False,
+      # Updates per step: epochs passes of `minibatches` updates each.
+      epochs=1, minibatches=1,
+      # DAPO's dynamic sampling: drop groups without signal (no refill).
+      dynamic_sampling=False,
+      # Log-probs of softmax(logits / rollout.temperature), like sampling.
+      temper_logprobs=True,
+      # Constant of the "sequence-sum" aggregation (0: max_total_length).
+      seq_norm=0.0,
       aggregation="token-mean", l0=400.0,
       # r_fmt = think_bonus·[every turn plans in <think>] + valid_bonus·
       # [every turn parses, the episode ends on an answer or refusal]: 0..2.

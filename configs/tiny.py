@@ -13,8 +13,8 @@ def get_config():
   # most 139 tokens with the stop token, 5-6 per episode. RL samples at
   # temperature 0.7: at 1.0 the tiny model's episodes are mostly invalid
   # (6-40% valid per batch against 30-94% at 0.7), and a group of invalid
-  # episodes carries no signal. The PPO ratio still uses the model's
-  # unscaled log-probs (docs/training.md).
+  # episodes carries no signal. The PG log-probs are tempered the same way
+  # (rl.temper_logprobs; the README's numbers predate it, docs/training.md).
   c.rollout.update(max_turns=6, max_tokens_per_turn=144, max_total_length=1280,
                    temperature=0.7)
   # The committed tiny base (experiments/build_tiny_base.py): SFT from

@@ -695,9 +695,14 @@ def group_advantages(z: jax.Array, r_pf: jax.Array, fate: FateConfig, *,
                                  eps=eps)
 
 
-def pg_batch(out: Any, fate: FateConfig, *, ddof: int = 0, eps: float = 1e-6
-             ) -> tuple[PGBatch, np.ndarray]:
-  """A single-process rollout as a PFPO batch; also its rewards `[B, G]`."""
+def pg_batch(out: Any, fate: FateConfig, *, ddof: int = 0, eps: float = 1e-6,
+             tie: str = "keep") -> tuple[PGBatch, np.ndarray]:
+  """A single-process rollout as a PFPO batch; also its rewards `[B, G]`.
+
+  `tie` is `rl.tie_advantage`: with "zero", a group whose objective
+  vectors z are all equal gets A = 0 (its R_pf tie-break would rank it by
+  length alone, `losses.tie_advantages`).
+  """
   traj = out.trajectories
   groups = int(np.max(np.asarray(traj.group_ids))) + 1
   z = jnp.asarray(traj.z).reshape(groups, -1, 4)
@@ -705,7 +710,9 @@ def pg_batch(out: Any, fate: FateConfig, *, ddof: int = 0, eps: float = 1e-6
   r_pf = repair_scores(z, lengths, length_coef=fate.length_coef,
                        l0=fate.length_l0)
   rewards = group_rewards(z, r_pf, fate)
-  adv = losses.group_advantages(rewards, ddof=ddof, eps=eps).reshape(-1)
+  adv = losses.tie_advantages(
+      losses.group_advantages(rewards, ddof=ddof, eps=eps),
+      losses.group_has_signal(z), tie).reshape(-1)
   batch = PGBatch(tokens=traj.tokens, loss_mask=traj.loss_mask,
                   attention_mask=traj.attention_mask, advantages=adv,
                   old_logp=traj.logprobs)

@@ -11,8 +11,14 @@ accumulation over micro-batches the exact full-batch loss is
 hold different numbers of tokens. The count never depends on parameters, so the
 same holds for gradients: `grad(full) = Σ grad(total) / Σ count`.
 
-Registries (`ADVANTAGE_ESTIMATORS`, `KL_ESTIMATORS`, `AGGREGATIONS`) map a
-config string to the function that implements it.
+Registries (`ADVANTAGE_ESTIMATORS`, `KL_ESTIMATORS`, `AGGREGATIONS`,
+`POLICY_RATIOS`) map a config string to the function that implements it;
+`OBJECTIVE_PRESETS` names whole objectives (GRPO, Dr. GRPO, DAPO, GSPO,
+RLOO) as `rl` settings.
+
+Masked positions never reach an `exp` or a product with the mask: inputs are
+replaced by 0 there with `jnp.where` first, so a `−inf` log-prob on a padding
+token gives a finite loss and finite gradients (inf·0 would be NaN).
 """
 from collections.abc import Callable
 import functools
@@ -188,10 +194,92 @@ def group_mean_advantages(rewards: Array, mask: Array | None = None, *,
   return adv if mask is None else jnp.where(mask, adv, 0.0)
 
 
+def leave_one_out_advantages(rewards: Array, mask: Array | None = None, *,
+                             ddof: int = 0, eps: float = 1e-6) -> Array:
+  """RLOO advantages `A_i = R_i − mean_{j≠i} R_j` (leave-one-out baseline).
+
+  Equal to `n/(n − 1) · (R_i − mean_g R)` with n valid members: the baseline
+  of each member is independent of its own sample, so the policy gradient is
+  unbiased (Kool et al. 2019; Ahmadian et al. 2024). A group with fewer than
+  two valid members gets 0. Same signature as `group_advantages`; `ddof`
+  and `eps` are unused.
+
+  Args:
+    rewards: `[*B, G]` rewards; the last axis is the group.
+    mask: optional `[*B, G]` bool, False for padded members (advantage 0,
+      excluded from every baseline).
+    ddof: unused.
+    eps: unused.
+
+  Returns:
+    `[*B, G]` float32 advantages.
+  """
+  del ddof, eps
+  rewards = rewards.astype(jnp.float32)
+  if mask is None:
+    mask = jnp.ones(rewards.shape, bool)
+  r = jnp.where(mask, rewards, 0.0)
+  n = jnp.sum(mask.astype(jnp.float32), axis=-1, keepdims=True)
+  others = (jnp.sum(r, axis=-1, keepdims=True) - r) / jnp.maximum(n - 1, 1.0)
+  adv = jnp.where(n >= 2, rewards - others, 0.0)
+  return jnp.where(mask, adv, 0.0)
+
+
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., Array]] = {
     "grpo": group_advantages,
     "dr_grpo": group_mean_advantages,
+    "rloo": leave_one_out_advantages,
 }
+
+
+def group_has_signal(verdicts: Array, mask: Array | None = None) -> Array:
+  """Whether a group's verdicts differ at all: `[*B]` bool.
+
+  A group whose valid members all received the same verdict (every pairwise
+  judgement a tie and equal format bonuses, or, for PFPO, equal objective
+  vectors z) has nothing to learn from: any advantage it gets comes from the
+  length penalty alone, which group normalisation blows up to ±1 or more
+  (two members 1 token apart above L0 get ±1 whatever ε). Equality is exact.
+
+  Args:
+    verdicts: `[*B, G, K]` per-member verdicts, K numbers each (anything
+      equal exactly when two members are judged alike; K = 1 for a scalar).
+    mask: optional `[*B, G]` bool, False for padded members (ignored).
+
+  Returns:
+    `[*B]` True where two valid members differ.
+  """
+  v = verdicts.astype(jnp.float32)
+  if mask is None:
+    mask = jnp.ones(v.shape[:-1], bool)
+  m = mask[..., None]
+  hi = jnp.max(jnp.where(m, v, -jnp.inf), axis=-2)
+  lo = jnp.min(jnp.where(m, v, jnp.inf), axis=-2)
+  return jnp.any(hi > lo, axis=-1)
+
+
+TIE_ADVANTAGES = ("zero", "keep")
+
+
+def tie_advantages(advantages: Array, signal: Array, mode: str = "zero"
+                   ) -> Array:
+  """`rl.tie_advantage`: zero the advantages of groups without signal.
+
+  Args:
+    advantages: `[*B, G]` advantages.
+    signal: `[*B]` bool from `group_has_signal`.
+    mode: "zero" (groups without signal get A = 0) or "keep" (the old
+      behaviour: the length penalty ranks tied groups).
+
+  Returns:
+    `[*B, G]` advantages.
+  """
+  if mode == "keep":
+    return advantages
+  if mode != "zero":
+    raise ValueError(f"unknown tie mode {mode!r}; expected one of "
+                     f"{TIE_ADVANTAGES}")
+  return jnp.where(signal[..., None], advantages, 0.0)
 
 
 # ----------------------------------------------------------------------------
@@ -335,6 +423,37 @@ def _chunked_logprobs(hidden: Array, unembed: Array, targets: Array,
 _chunked_logprobs.defvjp(_chunked_logprobs_fwd, _chunked_logprobs_bwd)
 
 
+def chunked_token_entropy(hidden: Array, unembed: Array, *,
+                          chunk_size: int = 128) -> Array:
+  """Entropy `H_t = logsumexp(z_t) − Σ_v softmax(z_t)_v z_t,v` of `z = h @ W`.
+
+  Forward only (not differentiated: it is a diagnostic), one
+  `[B, chunk_size, V]` chunk of float32 logits at a time. Scale `hidden` by
+  1/T for the entropy at temperature T.
+
+  Args:
+    hidden: `[B, T, D]` final hidden states.
+    unembed: `[D, V]` unembedding matrix.
+    chunk_size: tokens per chunk.
+
+  Returns:
+    `[B, T]` float32 entropies in nats.
+  """
+  t = hidden.shape[1]
+  chunk_size = min(chunk_size, t)
+
+  def one_chunk(h):
+    logits = jnp.einsum("bcd,dv->bcv", h, unembed,
+                        preferred_element_type=jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    p = jnp.exp(logits - lse[..., None])
+    return lse - jnp.sum(p * logits, axis=-1)
+
+  out = jax.lax.map(one_chunk, _to_chunks(jax.lax.stop_gradient(hidden),
+                                          chunk_size))
+  return _from_chunks(out, t)
+
+
 def sequence_logprobs(logp: Array, mask: Array) -> Array:
   """Sequence log-probability `Σ_t mask_t · logp_t`.
 
@@ -345,7 +464,13 @@ def sequence_logprobs(logp: Array, mask: Array) -> Array:
   Returns:
     `[*B]` float32 sequence log-probabilities.
   """
-  return jnp.sum(logp.astype(jnp.float32) * mask, axis=-1)
+  return jnp.sum(_masked(logp.astype(jnp.float32), mask), axis=-1)
+
+
+def _masked(x: Array, mask: Array) -> Array:
+  """`x · mask` where mask > 0, exactly 0 elsewhere (also for inf or NaN x)."""
+  m = mask.astype(jnp.float32)
+  return jnp.where(m > 0, x * m, 0.0)
 
 
 # ----------------------------------------------------------------------------
@@ -366,7 +491,7 @@ def token_mean(per_token: Array, mask: Array, *,
   """
   del seq_norm
   mask = mask.astype(jnp.float32)
-  return SumCount(jnp.sum(per_token * mask), jnp.sum(mask))
+  return SumCount(jnp.sum(_masked(per_token, mask)), jnp.sum(mask))
 
 
 def sequence_mean_token_mean(per_token: Array, mask: Array, *,
@@ -387,7 +512,8 @@ def sequence_mean_token_mean(per_token: Array, mask: Array, *,
   del seq_norm
   mask = mask.astype(jnp.float32)
   n_tok = jnp.sum(mask, axis=-1)
-  seq_mean = jnp.sum(per_token * mask, axis=-1) / jnp.maximum(n_tok, 1.0)
+  seq_mean = (jnp.sum(_masked(per_token, mask), axis=-1)
+              / jnp.maximum(n_tok, 1.0))
   return SumCount(jnp.sum(seq_mean), jnp.sum(n_tok > 0).astype(jnp.float32))
 
 
@@ -411,7 +537,7 @@ def sequence_sum(per_token: Array, mask: Array, *,
   """
   mask = mask.astype(jnp.float32)
   n_tok = jnp.sum(mask, axis=-1)
-  total = jnp.sum(per_token * mask) / seq_norm
+  total = jnp.sum(_masked(per_token, mask)) / seq_norm
   return SumCount(total, jnp.sum(n_tok > 0).astype(jnp.float32))
 
 
@@ -424,10 +550,25 @@ AGGREGATIONS: dict[str, Callable[..., SumCount]] = {
 
 # ----------------------------------------------------------------------------
 # KL estimators.
+#
+# Each takes the log-probs of tokens sampled from π (π_old = π at the update)
+# and returns a per-token estimate whose expectation is KL(π‖π_ref) (k1, k3)
+# or close to it (k2). As *loss terms*, differentiated through logp with the
+# sampling distribution held fixed, their expected gradients differ
+# (tests/test_losses.py computes each exactly on a categorical):
+#   k1: E_π[∇ log π] = 0, no gradient at all (use it as a reward penalty,
+#       `kl_reward_advantages`, where its gradient is ∇KL(π‖π_ref));
+#   k2: E_π[(log π − log π_ref) ∇ log π] = ∇KL(π‖π_ref);
+#   k3: E_π[(1 − π_ref/π) ∇ log π] = −Σ_y π_ref ∇ log π = ∇KL(π_ref‖π).
 
 
 def kl_k1(logp: Array, ref_logp: Array) -> Array:
-  """k1 estimator of KL(π‖π_ref): `logp − logp_ref` (unbiased, can be < 0).
+  """k1: `logp − logp_ref`; unbiased for KL(π‖π_ref), can be < 0.
+
+  Gradient as a loss term: zero in expectation (`E_π[∇ log π] = 0`), so
+  `β·k1` in the loss does not regularise. As a reward penalty (subtracted
+  from the return, not differentiated) its policy gradient is
+  `β·∇KL(π‖π_ref)` exactly: `kl_reward_advantages`.
 
   Args:
     logp: `[*B, T]` log π of the sampled tokens.
@@ -440,7 +581,10 @@ def kl_k1(logp: Array, ref_logp: Array) -> Array:
 
 
 def kl_k2(logp: Array, ref_logp: Array) -> Array:
-  """k2 estimator: `½ (logp − logp_ref)²` (biased, ≥ 0, low variance).
+  """k2: `½ (logp − logp_ref)²`; biased for KL(π‖π_ref), ≥ 0.
+
+  Gradient as a loss term: `E_π[(log π − log π_ref) ∇ log π]`, which is
+  exactly `∇KL(π‖π_ref)` (the KL's own gradient, since `E_π[∇ log π] = 0`).
 
   Args:
     logp: `[*B, T]` log π of the sampled tokens.
@@ -453,9 +597,12 @@ def kl_k2(logp: Array, ref_logp: Array) -> Array:
 
 
 def kl_k3(logp: Array, ref_logp: Array) -> Array:
-  """k3 estimator: `exp(logp_ref − logp) − (logp_ref − logp) − 1`.
+  """k3: `exp(logp_ref − logp) − (logp_ref − logp) − 1` (Schulman 2020).
 
-  Unbiased and ≥ 0 per token (Schulman 2020).
+  Unbiased for the value of KL(π‖π_ref) and ≥ 0 per token. Gradient as a
+  loss term: `E_π[(1 − π_ref/π) ∇ log π] = −Σ_y π_ref(y) ∇ log π(y)`, which
+  is `∇KL(π_ref‖π)`, the *reverse* KL's gradient, not `∇KL(π‖π_ref)` (the
+  two agree to first order near π = π_ref). This is what GRPO's loss uses.
 
   Args:
     logp: `[*B, T]` log π of the sampled tokens.
@@ -473,10 +620,134 @@ KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
     "k2": kl_k2,
     "k3": kl_k3,
 }
+# Which KL each estimator's loss gradient follows (docs/losses.md).
+KL_GRADIENTS = {"k1": "none (0)", "k2": "KL(π‖π_ref)", "k3": "KL(π_ref‖π)"}
+
+
+def sequence_kl(logp: Array, ref_logp: Array, mask: Array) -> Array:
+  """`Σ_t m_t (logp_t − logp_ref,t)`: k1 of whole sequences, `[*B]`.
+
+  Unbiased for the sequence-level KL(π‖π_ref) of a response sampled from π.
+
+  Args:
+    logp: `[*B, T]` log π of the sampled tokens (the sampling policy's).
+    ref_logp: `[*B, T]` log π_ref.
+    mask: `[*B, T]` 1 on the response's model tokens.
+
+  Returns:
+    `[*B]` float32.
+  """
+  d = logp.astype(jnp.float32) - ref_logp.astype(jnp.float32)
+  return jnp.sum(_masked(d, mask), axis=-1)
+
+
+def kl_reward_advantages(seq_kl: Array, beta: float,
+                         mask: Array | None = None) -> Array:
+  """The advantage of the reward penalty `−β·k1`: `−β (K_i − mean_{j≠i} K_j)`.
+
+  Added to the task advantages (after their normalisation, so β keeps its
+  meaning whatever the reward scale). With K the sequence k1
+  (`sequence_kl`) of responses sampled from π, the policy gradient of this
+  advantage is `−β ∇KL(π‖π_ref)` in expectation: the leave-one-out baseline
+  is independent of each member's own sample, so it adds no bias. (Exact
+  with a constant loss normaliser, e.g. "sequence-sum"; the per-sequence
+  token-mean weights each response by 1/length.)
+
+  Args:
+    seq_kl: `[*B, G]` sequence k1 estimates.
+    beta: β.
+    mask: optional `[*B, G]` bool, False for padded members.
+
+  Returns:
+    `[*B, G]` float32 advantages.
+  """
+  return -beta * leave_one_out_advantages(seq_kl, mask)
 
 
 # ----------------------------------------------------------------------------
-# Policy, SFT and DPO losses.
+# Policy losses.
+
+
+def token_ratios(logp: Array, old_logp: Array, mask: Array) -> Array:
+  """PPO/GRPO importance ratio per token, `r_t = exp(logp_t − logp_old,t)`.
+
+  Masked positions get ratio 1 (their log-ratio is replaced by 0 before the
+  `exp`, so an infinite log-ratio there cannot produce inf or NaN).
+
+  Args:
+    logp: `[B, T]` log π_θ (differentiated).
+    old_logp: `[B, T]` log π_old.
+    mask: `[B, T]` loss mask.
+
+  Returns:
+    `[B, T]` float32 ratios.
+  """
+  d = logp.astype(jnp.float32) - old_logp.astype(jnp.float32)
+  return jnp.exp(jnp.where(mask > 0, d, 0.0))
+
+
+def sequence_ratios(logp: Array, old_logp: Array, mask: Array) -> Array:
+  """GSPO's sequence ratio `s_i = exp((1/|y_i|) Σ_t (logp − logp_old))`.
+
+  The geometric mean of the token ratios of sequence i (Zheng et al. 2025,
+  "Group Sequence Policy Optimization"), broadcast to every token of the
+  sequence, so one clip decision covers the whole response; its gradient
+  reaches every token as `s_i/|y_i| · ∇logp_t`. Masked positions are left
+  out (and get the sequence's value, which the aggregation drops).
+
+  Args:
+    logp: `[B, T]` log π_θ (differentiated).
+    old_logp: `[B, T]` log π_old.
+    mask: `[B, T]` loss mask.
+
+  Returns:
+    `[B, T]` float32 ratios, constant along T.
+  """
+  d = logp.astype(jnp.float32) - old_logp.astype(jnp.float32)
+  m = mask.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0)
+  log_s = jnp.sum(_masked(d, m), axis=-1, keepdims=True) / n
+  return jnp.broadcast_to(jnp.exp(log_s), d.shape)
+
+
+POLICY_RATIOS: dict[str, Callable[[Array, Array, Array], Array]] = {
+    "ppo": token_ratios,
+    "gspo": sequence_ratios,
+}
+
+
+def clipped_surrogate(ratio: Array, advantages: Array, *, eps_lo: float = 0.2,
+                      eps_hi: float = 0.2,
+                      dual_clip: float | None = None) -> Array:
+  """`−min(r·A, clip(r, 1 − ε_lo, 1 + ε_hi)·A)`, with optional dual clip.
+
+  Args:
+    ratio: `[B, T]` importance ratios r (token or sequence).
+    advantages: `[B]` sequence advantages, broadcast over tokens.
+    eps_lo: lower clip ε_lo.
+    eps_hi: upper clip ε_hi.
+    dual_clip: dual-clip constant c (A < 0 only), or None.
+
+  Returns:
+    `[B, T]` float32 per-token losses.
+  """
+  adv = advantages.astype(jnp.float32)[..., None]
+  clipped = jnp.clip(ratio, 1.0 - eps_lo, 1.0 + eps_hi)
+  loss = -jnp.minimum(ratio * adv, clipped * adv)
+  if dual_clip is not None:
+    loss = jnp.where(adv < 0, jnp.minimum(loss, -dual_clip * adv), loss)
+  return loss
+
+
+def clip_masks(ratio: Array, advantages: Array, *, eps_lo: float,
+               eps_hi: float) -> tuple[Array, Array]:
+  """Where the clip is active (zero gradient): `(low, high)`, `[B, T]` bool.
+
+  low: `A < 0` and `r < 1 − ε_lo`; high: `A > 0` and `r > 1 + ε_hi` (TRL's
+  `clip_ratio/low_mean` and `clip_ratio/high_mean` are their token means).
+  """
+  adv = advantages[..., None]
+  return (ratio < 1.0 - eps_lo) & (adv < 0), (ratio > 1.0 + eps_hi) & (adv > 0)
 
 
 def ppo_clip_token_loss(logp: Array, old_logp: Array, advantages: Array, *,
@@ -504,25 +775,24 @@ def ppo_clip_token_loss(logp: Array, old_logp: Array, advantages: Array, *,
     `[B, T]` float32 per-token losses (unmasked; aggregate with a mask).
   """
   ratio = jnp.exp(logp.astype(jnp.float32) - old_logp.astype(jnp.float32))
-  adv = advantages.astype(jnp.float32)[..., None]
-  clipped = jnp.clip(ratio, 1.0 - eps_lo, 1.0 + eps_hi)
-  loss = -jnp.minimum(ratio * adv, clipped * adv)
-  if dual_clip is not None:
-    loss = jnp.where(adv < 0, jnp.minimum(loss, -dual_clip * adv), loss)
-  return loss
+  return clipped_surrogate(ratio, advantages, eps_lo=eps_lo, eps_hi=eps_hi,
+                           dual_clip=dual_clip)
 
 
 def policy_loss(logp: Array, old_logp: Array, ref_logp: Array | None,
                 advantages: Array, mask: Array, *, eps_lo: float = 0.2,
                 eps_hi: float = 0.2, dual_clip: float | None = None,
                 kl_beta: float = 0.0, kl_estimator: str = "k3",
-                aggregation: str = "token-mean",
-                seq_norm: float = 1.0) -> SumCount:
-  """GRPO loss: PPO-clipped ratio term plus `β·KL(π‖π_ref)`, aggregated.
+                aggregation: str = "token-mean", seq_norm: float = 1.0,
+                ratio: str = "ppo") -> SumCount:
+  """Clipped policy loss plus `β·KL` estimator, aggregated.
 
-  Per token `ℓ_t = ppo_clip_token_loss_t + β · KL_ESTIMATORS[kl_estimator]_t`,
-  counted on model tokens only (`mask`), then
-  `AGGREGATIONS[aggregation](ℓ, mask, seq_norm=seq_norm)`.
+  Per token `ℓ_t = clipped_surrogate(POLICY_RATIOS[ratio])_t + β ·
+  KL_ESTIMATORS[kl_estimator]_t`, counted on model tokens only (`mask`),
+  then `AGGREGATIONS[aggregation](ℓ, mask, seq_norm=seq_norm)`. Log-probs
+  are replaced by 0 at masked positions before anything else, so no inf or
+  NaN there reaches the loss or its gradient. `KL_GRADIENTS` says which KL
+  each estimator's gradient follows (k3: KL(π_ref‖π)).
 
   Args:
     logp: `[B, T]` log π_θ of the sampled tokens.
@@ -537,16 +807,54 @@ def policy_loss(logp: Array, old_logp: Array, ref_logp: Array | None,
     kl_estimator: key of KL_ESTIMATORS.
     aggregation: key of AGGREGATIONS.
     seq_norm: constant for the "sequence-sum" aggregation.
+    ratio: key of POLICY_RATIOS ("ppo" per token, "gspo" per sequence).
 
   Returns:
     SumCount; the loss is `total / count`, accumulated over micro-batches.
   """
-  per_token = ppo_clip_token_loss(logp, old_logp, advantages, eps_lo=eps_lo,
-                                  eps_hi=eps_hi, dual_clip=dual_clip)
+  on = mask > 0
+  logp = jnp.where(on, logp.astype(jnp.float32), 0.0)
+  old_logp = jnp.where(on, old_logp.astype(jnp.float32), 0.0)
+  r = POLICY_RATIOS[ratio](logp, old_logp, mask)
+  per_token = clipped_surrogate(r, advantages, eps_lo=eps_lo, eps_hi=eps_hi,
+                                dual_clip=dual_clip)
   if kl_beta:
+    ref_logp = jnp.where(on, ref_logp.astype(jnp.float32), 0.0)
     per_token = per_token + kl_beta * KL_ESTIMATORS[kl_estimator](
-        logp.astype(jnp.float32), ref_logp.astype(jnp.float32))
+        logp, ref_logp)
   return AGGREGATIONS[aggregation](per_token, mask, seq_norm=seq_norm)
+
+
+# Whole objectives as `rl` settings (docs/losses.md): apply with
+# `config.rl.update(losses.OBJECTIVE_PRESETS[name])`. Dr. GRPO's
+# `seq_norm` should be the longest response (e.g. rollout.max_total_length).
+OBJECTIVE_PRESETS: dict[str, dict[str, object]] = {
+    # Shao et al. 2024, "DeepSeekMath": std-normalised group advantages, k3.
+    "grpo": dict(advantage="grpo", policy_ratio="ppo", clip_eps_lo=0.2,
+                 clip_eps_hi=0.2, aggregation="sequence-mean-token-mean",
+                 kl_estimator="k3", dynamic_sampling=False),
+    # Liu et al. 2025, "Understanding R1-Zero-Like Training": no std, a
+    # constant-length normaliser.
+    "dr_grpo": dict(advantage="dr_grpo", policy_ratio="ppo",
+                    aggregation="sequence-sum", dynamic_sampling=False),
+    # Yu et al. 2025, "DAPO": clip-higher, token-mean, groups without signal
+    # dropped, no KL.
+    "dapo": dict(advantage="grpo", policy_ratio="ppo", clip_eps_lo=0.2,
+                 clip_eps_hi=0.28, aggregation="token-mean",
+                 dynamic_sampling=True, kl_beta=0.0),
+    # Zheng et al. 2025, "GSPO": sequence ratio, sequence mean, tight clip.
+    "gspo": dict(advantage="grpo", policy_ratio="gspo", clip_eps_lo=3e-4,
+                 clip_eps_hi=4e-4, aggregation="sequence-mean-token-mean",
+                 dynamic_sampling=False),
+    # Ahmadian et al. 2024, "Back to Basics": leave-one-out baseline.
+    "rloo": dict(advantage="rloo", policy_ratio="ppo",
+                 aggregation="sequence-mean-token-mean",
+                 dynamic_sampling=False),
+}
+
+
+# ----------------------------------------------------------------------------
+# SFT and DPO losses.
 
 
 def sft_nll(logp: Array, mask: Array, *, aggregation: str = "token-mean",

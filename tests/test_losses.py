@@ -348,3 +348,218 @@ def test_losses_and_pareto_import_alone():
                        capture_output=True, text=True).stdout
   assert out.strip() == str(["mosaic_jax", "mosaic_jax.losses",
                              "mosaic_jax.pareto"])
+
+
+# ----------------------------------------------------------------------------
+# The objective made exact (issue #24): ties, KL gradients, masking, variants.
+
+
+def test_rloo_leave_one_out_baseline():
+  r = jnp.array([[1.0, 2.0, 6.0], [1.0, 2.0, 6.0]])
+  mask = jnp.array([[True, True, True], [True, True, False]])
+  adv = losses.ADVANTAGE_ESTIMATORS["rloo"](r, mask)
+  # Baselines (2+6)/2, (1+6)/2, (1+2)/2; second group over {1, 2} only.
+  np.testing.assert_allclose(adv, [[1 - 4, 2 - 3.5, 6 - 1.5], [-1, 1, 0]])
+  # One valid member: no baseline, A = 0.
+  one = losses.leave_one_out_advantages(r[:1], jnp.array([[1, 0, 0]]) > 0)
+  np.testing.assert_array_equal(one, 0.0)
+
+
+def test_tied_verdicts_give_zero_advantage_not_length_noise():
+  # Group 0: every comparison a tie (wins 1.5 each, equal format), lengths
+  # 401 and 402 tokens above L0 = 400: the rewards differ by 1/400 only.
+  wins = jnp.array([[1.5, 1.5, 1.5, 1.5], [3.0, 1.0, 1.0, 1.0]])
+  fmt = jnp.full((2, 4), 2.0)
+  pen = losses.length_penalty(jnp.array([[401, 402, 401, 402]] * 2))
+  rewards = wins + fmt - pen
+  adv = losses.group_advantages(rewards)
+  # The flaw: normalisation turns a 1-token difference into A = ±1.
+  np.testing.assert_allclose(adv[0], [1, -1, 1, -1], rtol=1e-3)
+  signal = losses.group_has_signal((wins + fmt)[..., None])
+  assert signal.tolist() == [False, True]
+  fixed = losses.tie_advantages(adv, signal, "zero")
+  np.testing.assert_array_equal(fixed[0], 0.0)
+  np.testing.assert_array_equal(fixed[1], adv[1])
+  np.testing.assert_array_equal(losses.tie_advantages(adv, signal, "keep"),
+                                adv)
+  # Vector verdicts (PFPO's z): equal rows tie, masked members are ignored.
+  z = jnp.array([[[1., 0.], [1., 0.], [0., 1.]]])
+  assert losses.group_has_signal(z).tolist() == [True]
+  assert losses.group_has_signal(
+      z, jnp.array([[True, True, False]])).tolist() == [False]
+  with pytest.raises(ValueError, match="unknown tie mode"):
+    losses.tie_advantages(adv, signal, "drop")
+
+
+def _categorical():
+  rng = np.random.default_rng(3)
+  theta = jnp.asarray(rng.normal(size=5), jnp.float32)
+  ref = jax.nn.log_softmax(jnp.asarray(rng.normal(size=5), jnp.float32))
+  return theta, ref
+
+
+def _expected_loss_grad(estimator, theta, ref):
+  """∇_θ E_{y~π_old}[k(log π_θ(y), log π_ref(y))] at θ = θ_old, in closed
+  form: the sampling distribution is held fixed, as in the loss."""
+  p_old = jax.nn.softmax(theta)
+
+  def expected(t):
+    return jnp.sum(p_old * estimator(jax.nn.log_softmax(t), ref))
+
+  return jax.grad(expected)(theta)
+
+
+@jax.jit
+def _kl_gradients(theta, ref):
+  """Exact ∇KL(π‖π_ref), ∇KL(π_ref‖π) and each estimator's expected loss
+  gradient, all at θ."""
+  fwd = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * (
+      jax.nn.log_softmax(t) - ref)))(theta)
+  rev = jax.grad(lambda t: jnp.sum(jnp.exp(ref) * (
+      ref - jax.nn.log_softmax(t))))(theta)
+  return fwd, rev, {k: _expected_loss_grad(f, theta, ref)
+                    for k, f in losses.KL_ESTIMATORS.items()}
+
+
+def test_kl_estimator_gradients_exact_on_a_categorical():
+  theta, ref = _categorical()
+  fwd, rev, grads = _kl_gradients(theta, ref)
+  assert float(jnp.max(jnp.abs(fwd - rev))) > 0.05   # They differ here.
+  np.testing.assert_allclose(grads["k1"], 0.0, atol=1e-6)
+  np.testing.assert_allclose(grads["k2"], fwd, atol=1e-6)
+  np.testing.assert_allclose(grads["k3"], rev, atol=1e-6)
+  assert losses.KL_GRADIENTS == {"k1": "none (0)", "k2": "KL(π‖π_ref)",
+                                 "k3": "KL(π_ref‖π)"}
+  # k1 as a reward penalty: the score-function gradient E[k1 ∇log π] is
+  # exactly ∇KL(π‖π_ref).
+  p_old = jax.nn.softmax(theta)
+  k1 = jax.nn.log_softmax(theta) - ref
+  reinforce = jax.grad(lambda t: jnp.sum(
+      p_old * k1 * jax.nn.log_softmax(t)))(theta)
+  np.testing.assert_allclose(reinforce, fwd, atol=1e-6)
+  # Values: k1 and k3 are unbiased for KL(π‖π_ref), k2 is not.
+  kl = float(jnp.sum(p_old * k1))
+  value = lambda k: float(jnp.sum(p_old * losses.KL_ESTIMATORS[k](
+      jax.nn.log_softmax(theta), ref)))
+  assert value("k1") == pytest.approx(kl, rel=1e-5)
+  assert value("k3") == pytest.approx(kl, rel=1e-5)
+  assert value("k2") != pytest.approx(kl, rel=1e-2)
+
+
+def test_kl_reward_advantages_leave_one_out():
+  old = jnp.array([[-1.0, -2.0, 0.0], [-1.0, -1.0, -1.0]])
+  ref = jnp.array([[-2.0, -2.0, -5.0], [-2.0, -3.0, -1.0]])
+  mask = jnp.array([[1, 1, 0], [1, 1, 1]], jnp.float32)
+  k = losses.sequence_kl(old, ref, mask)
+  np.testing.assert_allclose(k, [1.0, 1.0 + 2.0 + 0.0])  # masked 5 left out
+  adv = losses.kl_reward_advantages(k[None], 0.1)
+  # −β (K_i − K_j): K = (1, 3).
+  np.testing.assert_allclose(adv, [[0.2, -0.2]], rtol=1e-6)
+
+
+_MASKED = jnp.array([[1, 1, 0], [1, 0, 0]], jnp.float32)
+
+
+@jax.jit
+def _masked_losses(logp, old, ref):
+  """{(ratio, kl, mode): (loss, ∇logp)} of policy_loss on the masked case."""
+  adv = jnp.array([1.0, -2.0])
+  out = {}
+  for ratio in losses.POLICY_RATIOS:
+    for kl in losses.KL_ESTIMATORS:
+      for mode in losses.AGGREGATIONS:
+        f = lambda lp, ratio=ratio, kl=kl, mode=mode: losses.policy_loss(
+            lp, old, ref, adv, _MASKED, kl_beta=0.1, kl_estimator=kl,
+            aggregation=mode, ratio=ratio).mean()
+        out[ratio, kl, mode] = jax.value_and_grad(f)(logp)
+  return out
+
+
+def test_masked_infinite_log_ratio_gives_finite_loss_and_grads():
+  logp = jnp.array([[-1.0, -0.5, -jnp.inf], [-2.0, -jnp.inf, 3.0]])
+  old = jnp.array([[-1.1, -0.4, 0.0], [-1.5, 7.0, -jnp.inf]])
+  ref = jnp.array([[-1.2, -0.7, jnp.inf], [-1.0, -jnp.inf, -jnp.inf]])
+  clean = lambda x: jnp.where(_MASKED > 0, x, 0.0)
+  got = _masked_losses(logp, old, ref)
+  want = _masked_losses(clean(logp), clean(old), clean(ref))
+  for key, (value, grad) in got.items():
+    assert np.isfinite(float(value)), key
+    assert np.all(np.isfinite(grad)), key
+    assert float(value) == pytest.approx(float(want[key][0]), rel=1e-6), key
+    np.testing.assert_allclose(grad, want[key][1], rtol=1e-6, err_msg=key)
+    np.testing.assert_array_equal(np.asarray(grad)[np.asarray(_MASKED) == 0],
+                                  0)
+  # Multiplying by the mask, as before, turns inf · 0 into NaN.
+  assert np.isnan(float(jnp.sum(jnp.exp(logp - old) * _MASKED)))
+
+
+def test_gspo_sequence_ratio_value_and_gradient():
+  # Sequence 0: log-ratios 0.1, 0.3 → s = e^0.2 ≈ 1.221 > 1.2 with A = +1:
+  # clipped, loss −1.2, no gradient. Sequence 1: −0.1, 0.0 (third masked)
+  # → s = e^−0.05, A = −1, unclipped: loss s, ∂/∂logp_t = s/2 per token.
+  d = jnp.array([[0.1, 0.3, 0.0], [-0.1, 0.0, 5.0]])
+  mask = jnp.array([[1, 1, 0], [1, 1, 0]], jnp.float32)
+  old = jnp.full(d.shape, -1.0)
+  adv = jnp.array([1.0, -1.0])
+  s1 = math.exp(-0.05)
+
+  def loss(lp):
+    return losses.policy_loss(lp, old, None, adv, mask, ratio="gspo",
+                              aggregation="sequence-mean-token-mean")
+
+  out = loss(old + d)
+  assert float(out.total) == pytest.approx(-1.2 + s1, rel=1e-6)
+  assert float(out.count) == 2
+  grad = jax.grad(lambda lp: loss(lp).total)(old + d)
+  np.testing.assert_allclose(grad, [[0, 0, 0], [s1 / 2, s1 / 2, 0]],
+                             rtol=1e-6, atol=1e-7)
+  # Token ratios clip nothing here (e^0.1, e^0.3 > 1.2 only for the second).
+  r = losses.token_ratios(old + d, old, mask)
+  np.testing.assert_allclose(r[0, :2], np.exp([0.1, 0.3]), rtol=1e-6)
+
+
+def test_dapo_clip_higher_and_clip_masks():
+  logp, old, adv = _ppo_inputs([2.0, -2.0])  # ratios 0.5, 1.1, 1.5
+  r = jnp.exp(logp - old)
+  low, high = losses.clip_masks(r, adv, eps_lo=0.2, eps_hi=0.28)
+  # A > 0: only 1.5 > 1.28 is clipped; A < 0: only 0.5 < 0.8.
+  assert np.asarray(high).tolist() == [[False, False, True]] + [[False] * 3]
+  assert np.asarray(low).tolist() == [[False] * 3, [True, False, False]]
+  loss = losses.clipped_surrogate(r, adv, eps_lo=0.2, eps_hi=0.28)
+  np.testing.assert_allclose(loss[0], [-1.0, -2.2, -2.56], rtol=1e-6)
+  assert losses.OBJECTIVE_PRESETS["dapo"]["clip_eps_hi"] == 0.28
+
+
+def test_dr_grpo_constant_length_normaliser():
+  rewards = jnp.array([[1.0, 2.0, 6.0]])
+  adv = losses.ADVANTAGE_ESTIMATORS["dr_grpo"](rewards)[0]  # −2, −1, 3
+  lengths = np.array([1, 2, 3])
+  mask = jnp.asarray(np.arange(4)[None] < lengths[:, None], jnp.float32)
+  logp = jnp.full((3, 4), -1.0)
+  out = losses.policy_loss(logp, logp, None, adv, mask,
+                           aggregation="sequence-sum", seq_norm=4.0)
+  # Ratio 1: ℓ_t = −A; Σ_b len_b · (−A_b) / 4 = (2 + 2 − 9) / 4, 3 sequences.
+  assert float(out.total) == pytest.approx(-5 / 4)
+  assert float(out.mean()) == pytest.approx(-5 / 12)
+
+
+def test_objective_presets_name_registered_pieces():
+  for name, preset in losses.OBJECTIVE_PRESETS.items():
+    assert preset["advantage"] in losses.ADVANTAGE_ESTIMATORS, name
+    assert preset["policy_ratio"] in losses.POLICY_RATIOS, name
+    assert preset["aggregation"] in losses.AGGREGATIONS, name
+  assert set(losses.OBJECTIVE_PRESETS) == {"grpo", "dr_grpo", "dapo", "gspo",
+                                           "rloo"}
+
+
+def test_chunked_token_entropy_matches_numpy():
+  rng = np.random.default_rng(4)
+  hidden = rng.normal(size=(2, 5, 3)).astype(np.float32)
+  w = rng.normal(size=(3, 11)).astype(np.float32)
+  logits = hidden @ w
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  expected = -np.sum(p * np.log(p), -1)
+  out = losses.chunked_token_entropy(jnp.asarray(hidden), jnp.asarray(w),
+                                     chunk_size=2)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

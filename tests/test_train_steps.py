@@ -1,6 +1,7 @@
 """SFT and policy-gradient steps on a tiny random model: learning, direction,
 exact gradient accumulation, the non-finite guard, and sharded state."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +119,7 @@ def test_pg_advantage_sign_moves_logprob(template, pg_batch, sign):
   state, metrics = _pg_step()(_copy(template), batch)
   # At π = π_old = π_ref: ratio 1, nothing clipped, KL 0.
   assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
-  assert float(metrics["clip_fraction"]) == 0.0
+  assert float(metrics["clip_ratio/region_mean"]) == 0.0
   assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
   new = steps.compute_logprobs(state.graphdef, state.params, pg_batch.tokens,
                                pg_batch.attention_mask, microbatch=2,
@@ -132,7 +133,7 @@ def test_pg_advantage_sign_moves_logprob(template, pg_batch, sign):
 def test_gradient_accumulation_is_exact(template, pg_batch, aggregation):
   whole, m_whole = _pg_step(aggregation, 0)(_copy(template), pg_batch)
   split, m_split = _pg_step(aggregation, 2)(_copy(template), pg_batch)
-  for key in ("loss", "grad_norm", "kl", "clip_fraction", "tokens"):
+  for key in ("loss", "grad_norm", "kl", "clip_ratio/region_mean", "tokens"):
     np.testing.assert_allclose(m_split[key], m_whole[key], rtol=1e-5,
                                atol=1e-7, err_msg=key)
   before = jax.tree.leaves(_host(template.params))
@@ -158,6 +159,9 @@ def test_non_finite_update_is_skipped(template, pg_batch):
   assert float(metrics["skipped"]) == 1.0
   assert not np.isfinite(float(metrics["loss"]))
   assert int(state.step) == int(template.step) + 1
+  # The loop's step advances; the schedule's count (optax's) does not.
+  assert (int(steps.optimizer_count(state.opt_state))
+          == int(steps.optimizer_count(template.opt_state)))
   after = _host((state.params, state.opt_state))
   for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(x, y)
@@ -205,3 +209,61 @@ def test_optimizer_schedule_and_decay_mask():
   assert not value(mask["blocks"]["bq_lnh"])
   assert not value(mask["blocks"]["attn_norm_ld"])
   assert not value(mask["final_norm_d"])
+
+
+def test_tempered_old_logprobs_make_the_ratio_on_policy(template, pg_batch):
+  temp = 0.7
+  cfg = dataclasses.replace(_pg_cfg(microbatch=2), temperature=temp)
+  batch, entropy = steps.old_logprobs(template, pg_batch, cfg)
+  logits = template.model()(pg_batch.tokens,
+                            mask=pg_batch.attention_mask)[:, :-1] / temp
+  np.testing.assert_allclose(
+      batch.old_logp[:, 1:], losses.token_logprobs(logits,
+                                                   pg_batch.tokens[:, 1:]),
+      atol=2e-5)
+  lsm = np.asarray(jax.nn.log_softmax(logits))
+  ent = -np.sum(np.exp(lsm) * lsm, -1)
+  m = np.asarray(pg_batch.loss_mask)[:, 1:]
+  assert float(entropy) == pytest.approx(float((ent * m).sum() / m.sum()),
+                                         rel=1e-5)
+  # The sampler's unscaled log-probs are not the sampling distribution's.
+  unscaled = steps.compute_logprobs(template.graphdef, template.params,
+                                    pg_batch.tokens, pg_batch.attention_mask,
+                                    chunk_size=CHUNK)
+  mask = np.asarray(pg_batch.loss_mask) > 0
+  gap = np.asarray(unscaled - batch.old_logp)[mask]
+  assert np.abs(gap).mean() > 0.02
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def first_update_sums(params, batch, temperature):
+    loss_fn = steps.pg_loss_fn(template.graphdef, dataclasses.replace(
+        cfg, temperature=temperature))
+    return loss_fn(params, batch)[1][1]
+
+  # The first update's ratio is 1 on every token at the sampling
+  # temperature, and not at T = 1.
+  sums = first_update_sums(template.params, batch, temp)
+  tokens = float(sums["tokens"])
+  assert float(sums["ratio_sum"]) / tokens == pytest.approx(1.0, abs=1e-6)
+  assert float(sums["clip_low_sum"] + sums["clip_high_sum"]) == 0.0
+  # At T = 1 against the tempered π_old, the ratio is exp(unscaled − old).
+  sums = first_update_sums(template.params, batch, 1.0)
+  assert float(sums["ratio_sum"]) / tokens == pytest.approx(
+      float(np.exp(gap).mean()), rel=1e-5)
+  assert abs(float(np.exp(gap).mean()) - 1.0) > 1e-3
+
+
+def test_epochs_and_minibatches_make_several_updates(template, pg_batch):
+  cfg = dataclasses.replace(_pg_cfg(microbatch=2), epochs=2, minibatches=2)
+  schedule = state_lib.learning_rate_schedule(PG_OPT)
+  state, metrics = steps.make_pg_step(cfg, schedule)(_copy(template),
+                                                     pg_batch)
+  # One loop step, four optimizer updates (the schedule counts updates).
+  assert int(state.step) == int(template.step) + 1
+  assert int(steps.optimizer_count(state.opt_state)) == 4
+  assert float(metrics["skipped"]) == 0.0
+  assert float(metrics["learning_rate"]) == pytest.approx(
+      float(np.mean([schedule(k) for k in range(4)])))
+  assert float(metrics["tokens"]) == float(jnp.sum(pg_batch.loss_mask))
+  # Later updates see π ≠ π_old: the ratio moves off 1.
+  assert float(metrics["ratio_mean"]) != pytest.approx(1.0, abs=1e-4)

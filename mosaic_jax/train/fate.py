@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from mosaic_jax import data as data_lib
-from mosaic_jax import distributed, fate as fate_lib
+from mosaic_jax import distributed, fate as fate_lib, losses
 from mosaic_jax.rollout import ModelPolicy, rollout
 from mosaic_jax.train import faults, mosaic, validate
 from mosaic_jax.train import state as state_lib, steps as steps_lib
@@ -93,9 +93,13 @@ def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
   """The FATE rounds from the warm start to the report (see `run`)."""
   r, reference, extra = ws.run, ws.reference, ws.extra
   c = r.config
+  pg_cfg = mosaic.pg_config(c)
+  # The schedule counts optimizer updates: a PG step makes pg_cfg.updates.
   opt = dataclasses.replace(
       state_lib.OptimizerConfig.from_config(c.optimizer),
-      total_steps=c.fate.rounds * per_round)
+      total_steps=c.fate.rounds * (c.fate.sft_steps
+                                   + c.fate.pg_steps * pg_cfg.updates))
+  schedule = state_lib.learning_rate_schedule(opt)
   state = mosaic.second_phase_state(ws, PHASE, opt)
   if extra.get("phase") != PHASE:
     extra = {"round": 0}
@@ -103,8 +107,9 @@ def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
             if "buffer" in extra else fate_lib.ReplayBuffer(fcfg.buffer_size))
   mine_it = _iterator(c, c.fate.tasks_per_round, 2, extra.get("data_mine"))
   pg_it = _iterator(c, c.rl.tasks_per_step, 3, extra.get("data_pg"))
-  sft_step = steps_lib.make_sft_step(steps_lib.SFTConfig.from_config(c.sft))
-  pg_step = steps_lib.make_pg_step(steps_lib.PGConfig.from_config(c.rl))
+  sft_step = steps_lib.make_sft_step(steps_lib.SFTConfig.from_config(c.sft),
+                                     schedule)
+  pg_step = steps_lib.make_pg_step(pg_cfg, schedule)
   pad_rows = c.fate.sft_batch
   step = int(state.step)
   for round_index in range(extra["round"], c.fate.rounds):
@@ -143,21 +148,29 @@ def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
                     mosaic.rollout_config(
                         c, seed=mosaic.step_seed(state.rng, step)))
       faults.fault_point("rollout", step + 1)
-      batch, rewards = fate_lib.pg_batch(out, fcfg, ddof=c.rl.adv_ddof,
-                                         eps=c.rl.adv_eps)
+      batch, rewards = fate_lib.pg_batch(
+          out, fcfg, ddof=c.rl.adv_ddof, eps=c.rl.adv_eps,
+          tie=c.rl.get("tie_advantage", "zero"))
       batch = mosaic.to_global(batch, r.mesh)
+      # π_old recomputed at the sampling temperature (steps.old_logprobs).
+      batch, entropy = steps_lib.old_logprobs(state, batch, pg_cfg)
       if c.rl.kl_beta:
         batch = steps_lib.reference_logprobs(
-            reference, batch, microbatch=c.rl.microbatch,
-            chunk_size=c.rl.chunk_size)
+            reference, batch, microbatch=pg_cfg.microbatch,
+            chunk_size=pg_cfg.chunk_size, temperature=pg_cfg.temperature)
       state, metrics = pg_step(state, batch)
       # Dispatch is asynchronous: wait, so step_s includes the update.
       metrics = jax.block_until_ready(metrics)
       step += 1
       faults.fault_point("update", step)
-      r.log_step("fate_pg", step, {**metrics,
-                                   "reward_mean": float(rewards.mean()),
-                                   **mosaic.rollout_stats(out)},
+      z = np.asarray(out.trajectories.z).reshape(rewards.shape + (-1,))
+      signal = np.asarray(losses.group_has_signal(z))
+      r.log_step("fate_pg", step, {
+          **metrics, "entropy": float(entropy),
+          **mosaic.reward_metrics({"pareto" if fcfg.reward == "pareto"
+                                   else "scalar": rewards}, rewards, signal,
+                                  np.asarray(batch.advantages)),
+          **mosaic.completion_metrics(out), **mosaic.rollout_stats(out)},
                  {"step_s": time.perf_counter() - start},
                  [t.task_id for t in tasks])
     r.ckpt.save(state, {"phase": PHASE, "round": round_index + 1,

@@ -262,6 +262,45 @@ def episode_transcript(info: EpisodeInfo) -> str:
   return "\n".join(parts)
 
 
+def reward_components(out: Rollout, judge: Any,
+                      rl: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """The terms of this process's rewards, each `[B, G]` float32.
+
+  `rl.reward` ("pairwise": `Σ_{j≠i} P(i,j)` from the judge; "scalar":
+  `Σ_m w_m z_{i,m}` with `rl.scalar_weights`), "format" (r_fmt) and
+  "length_penalty" (`max(0, (L_i − L0)/L0)`, L_i the episode's generated
+  tokens). The reward is `comparison + format − length_penalty`.
+  """
+  g = rl.group_size
+  infos = out.episodes
+  lengths = generated_lengths(out).reshape(-1, g)
+  fmt = np.asarray([format_bonus(e, think_bonus=rl.format_think_bonus,
+                                 valid_bonus=rl.format_valid_bonus)
+                    for e in infos], np.float32).reshape(-1, g)
+  if rl.reward == "pairwise":
+    prefs = np.stack([
+        judge(infos[b].record.task, [e.record for e in infos[b:b + g]],
+              [episode_transcript(e) for e in infos[b:b + g]])
+        for b in range(0, len(infos), g)])
+    comparison = losses.pairwise_win_rewards(jnp.asarray(prefs))
+  elif rl.reward == "scalar":
+    z = np.stack([e.record.z for e in infos]).reshape(-1, g, 4)
+    comparison = losses.scalar_rewards(jnp.asarray(z),
+                                       jnp.asarray(rl.scalar_weights))
+  else:
+    raise ValueError(f"unknown rl.reward {rl.reward!r}; expected 'pairwise' "
+                     "or 'scalar'")
+  return {rl.reward: np.asarray(comparison, np.float32), "format": fmt,
+          "length_penalty": np.asarray(
+              losses.length_penalty(jnp.asarray(lengths), rl.l0), np.float32)}
+
+
+def generated_lengths(out: Rollout) -> np.ndarray:
+  """Generated (loss) tokens of each of this process's episodes, `[N]`."""
+  rows = np.asarray([e.row for e in out.episodes])
+  return np.asarray(out.trajectories.loss_mask)[rows].sum(1)
+
+
 def group_rewards(out: Rollout, judge: Any, rl: ml_collections.ConfigDict
                   ) -> tuple[np.ndarray, np.ndarray]:
   """Rewards of this process's episodes, `[B, G]`, and the format bonuses.
@@ -272,29 +311,100 @@ def group_rewards(out: Rollout, judge: Any, rl: ml_collections.ConfigDict
   (`rl.scalar_weights` over the verifier objectives); format bonus and
   length penalty are kept, so the two differ only in the comparison.
   """
-  g = rl.group_size
-  infos = out.episodes
-  rows = np.asarray([e.row for e in infos])
-  lengths = np.asarray(out.trajectories.loss_mask)[rows].sum(1).reshape(-1, g)
-  fmt = np.asarray([format_bonus(e, think_bonus=rl.format_think_bonus,
-                                 valid_bonus=rl.format_valid_bonus)
-                    for e in infos], np.float32).reshape(-1, g)
-  if rl.reward == "pairwise":
-    prefs = np.stack([
-        judge(infos[b].record.task, [e.record for e in infos[b:b + g]],
-              [episode_transcript(e) for e in infos[b:b + g]])
-        for b in range(0, len(infos), g)])
-    rewards = losses.mosaic_rewards(jnp.asarray(prefs), jnp.asarray(fmt),
-                                    jnp.asarray(lengths), l0=rl.l0)
-  elif rl.reward == "scalar":
-    z = np.stack([e.record.z for e in infos]).reshape(-1, g, 4)
-    rewards = (losses.scalar_rewards(jnp.asarray(z),
-                                     jnp.asarray(rl.scalar_weights))
-               + fmt - losses.length_penalty(jnp.asarray(lengths), rl.l0))
-  else:
-    raise ValueError(f"unknown rl.reward {rl.reward!r}; expected 'pairwise' "
-                     "or 'scalar'")
-  return np.asarray(rewards, np.float32), fmt
+  c = reward_components(out, judge, rl)
+  return total_reward(c, rl.reward), c["format"]
+
+
+def total_reward(components: Mapping[str, np.ndarray], reward: str
+                 ) -> np.ndarray:
+  """`comparison + format − length_penalty` of `reward_components`."""
+  return (components[reward] + components["format"]
+          - components["length_penalty"]).astype(np.float32)
+
+
+def task_advantages(components: Mapping[str, np.ndarray],
+                    rl: ml_collections.ConfigDict
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Group advantages `[B, G]` of the rewards, and each group's signal `[B]`.
+
+  `ADVANTAGE_ESTIMATORS[rl.advantage]` of `total_reward`; a group has
+  signal when its length-free rewards (comparison + format) differ
+  (`losses.group_has_signal`). `rl.tie_advantage="zero"` gives the groups
+  without signal A = 0 (their spread is the length penalty's alone);
+  "keep" leaves them as the estimator made them.
+  """
+  rewards = jnp.asarray(total_reward(components, rl.reward))
+  adv = losses.ADVANTAGE_ESTIMATORS[rl.advantage](
+      rewards, ddof=rl.adv_ddof, eps=rl.adv_eps)
+  verdict = components[rl.reward] + components["format"]
+  signal = losses.group_has_signal(jnp.asarray(verdict)[..., None])
+  adv = losses.tie_advantages(adv, signal, rl.get("tie_advantage", "zero"))
+  return np.asarray(adv, np.float32), np.asarray(signal)
+
+
+def reward_metrics(components: Mapping[str, np.ndarray], rewards: np.ndarray,
+                   signal: np.ndarray, advantages: np.ndarray
+                   ) -> dict[str, float]:
+  """TRL's reward metrics of one step (this process's groups).
+
+  reward (mean), reward_std (mean within-group std), `rewards/<term>/mean`
+  and `/std` per `reward_components` term (std over all episodes),
+  frac_reward_zero_std (groups whose rewards are all equal),
+  frac_tied_groups (groups without signal, `task_advantages`),
+  adv_abs_mean.
+  """
+  out = {"reward": float(rewards.mean()),
+         "reward_std": float(rewards.std(axis=-1).mean()),
+         "frac_reward_zero_std": float(np.mean(
+             rewards.max(-1) == rewards.min(-1))),
+         "frac_tied_groups": float(np.mean(~signal)),
+         "adv_abs_mean": float(np.abs(advantages).mean())}
+  for name, value in components.items():
+    out[f"rewards/{name}/mean"] = float(value.mean())
+    out[f"rewards/{name}/std"] = float(value.std())
+  return out
+
+
+def completion_metrics(out: Rollout) -> dict[str, float]:
+  """TRL's completion metrics: generated tokens per episode (mean, min,
+  max) and `completions/clipped_ratio`, the share of episodes that ended on
+  a limit (turns, tokens per turn or total length) rather than an answer or
+  refusal."""
+  lengths = generated_lengths(out)
+  return {"completions/mean_length": float(lengths.mean()),
+          "completions/min_length": float(lengths.min()),
+          "completions/max_length": float(lengths.max()),
+          "completions/clipped_ratio": float(np.mean(
+              [e.end_reason != "terminal" for e in out.episodes]))}
+
+
+def logprob_temperature(config: ml_collections.ConfigDict) -> float:
+  """The temperature of the PG log-probs: the RL sampling temperature when
+  `rl.temper_logprobs` (1 for greedy sampling), else 1."""
+  ro = config.rollout
+  if not config.rl.get("temper_logprobs", True) or ro.strategy == "greedy":
+    return 1.0
+  return float(ro.temperature)
+
+
+def pg_config(config: ml_collections.ConfigDict) -> steps_lib.PGConfig:
+  """The PG step settings of `config.rl`, at `logprob_temperature`; the
+  "sequence-sum" constant `rl.seq_norm` (0: `rollout.max_total_length`)."""
+  cfg = steps_lib.PGConfig.from_config(config.rl)
+  seq_norm = config.rl.get("seq_norm", 0.0) or config.rollout.max_total_length
+  return dataclasses.replace(cfg, temperature=logprob_temperature(config),
+                             seq_norm=float(seq_norm))
+
+
+def rl_optimizer(config: ml_collections.ConfigDict,
+                 schedule_steps: int) -> state_lib.OptimizerConfig:
+  """The `optimizer` section over `schedule_steps` loop steps of RL, in
+  optimizer updates: each step makes `rl.epochs × rl.minibatches`."""
+  updates = (int(config.rl.get("epochs", 1))
+             * int(config.rl.get("minibatches", 1)))
+  return dataclasses.replace(
+      state_lib.OptimizerConfig.from_config(config.optimizer),
+      total_steps=schedule_steps * updates)
 
 
 def rollout_stats(out: Rollout) -> dict[str, float]:
@@ -314,6 +424,32 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
   stats["batch/mean_length"] = float(np.mean(
       np.asarray(out.trajectories.lengths)))
   return stats
+
+
+def rl_batch(state: state_lib.TrainState, reference: decoder.Decoder,
+             out: Rollout, advantages: np.ndarray, cfg: steps_lib.PGConfig,
+             rl: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+             ) -> tuple[steps_lib.PGBatch, jax.Array]:
+  """The PG batch of a rollout: trajectories, advantages `[B, G]` (rows in
+  group order), π_old recomputed at `cfg.temperature` by the sampling
+  policy (`steps.old_logprobs`), π_ref when `rl.kl_beta`; also the policy's
+  token-mean entropy on the batch's loss tokens (`[]`, on device: read it
+  after the step, so the host does not wait in between)."""
+  traj = out.trajectories
+  fields = dict(tokens=traj.tokens, loss_mask=traj.loss_mask,
+                attention_mask=traj.attention_mask, old_logp=traj.logprobs)
+  if jax.process_count() == 1:
+    # Several processes' trajectories are global (sharded) already.
+    fields = sharding.shard_batch(fields, mesh)
+  batch = steps_lib.PGBatch(
+      **fields, advantages=to_global(np.asarray(advantages).reshape(-1),
+                                     mesh))
+  batch, entropy = steps_lib.old_logprobs(state, batch, cfg)
+  if rl.kl_beta:
+    batch = steps_lib.reference_logprobs(
+        reference, batch, microbatch=cfg.microbatch,
+        chunk_size=cfg.chunk_size, temperature=cfg.temperature)
+  return batch, entropy
 
 
 # -------------------------------------------------------------------- loop --
@@ -496,9 +632,7 @@ class Run:
     self.sft_opt = dataclasses.replace(
         state_lib.OptimizerConfig.from_config(config.optimizer),
         lr=config.sft.lr, total_steps=config.sft.steps)
-    self.rl_opt = dataclasses.replace(
-        state_lib.OptimizerConfig.from_config(config.optimizer),
-        total_steps=config.rl.steps)
+    self.rl_opt = rl_optimizer(config, config.rl.steps)
     self.ckpt = checkpoint.Checkpointer(
         self.path("checkpoints"), every=config.checkpoint.every,
         keep=config.checkpoint.keep)
@@ -616,7 +750,9 @@ class Run:
           ) -> state_lib.TrainState:
     c = self.config
     it = self.iterator("sft", extra)
-    step_fn = steps_lib.make_sft_step(steps_lib.SFTConfig.from_config(c.sft))
+    step_fn = steps_lib.make_sft_step(
+        steps_lib.SFTConfig.from_config(c.sft),
+        state_lib.learning_rate_schedule(self.sft_opt))
     rows = c.sft.batch // jax.process_count()
     pad = self.tokenizer.pad_token_id
     step = int(state.step)
@@ -661,11 +797,12 @@ class Run:
     None."""
     c = self.config
     it = self.iterator("rl", extra)
-    pg_step = steps_lib.make_pg_step(steps_lib.PGConfig.from_config(c.rl))
+    pg_cfg = pg_config(c)
+    pg_step = steps_lib.make_pg_step(
+        pg_cfg, state_lib.learning_rate_schedule(self.rl_opt))
     judge = (judge_lib.make_judge("llm", model=reference,
                                   tokenizer=self.tokenizer)
              if c.rl.judge == "llm" else judge_lib.make_judge(c.rl.judge))
-    advantage = losses.ADVANTAGE_ESTIMATORS[c.rl.advantage]
     step, last_eval = int(state.step), None
     while step < self.total:
       start = time.perf_counter()
@@ -676,33 +813,19 @@ class Run:
                     mesh=self.mesh if jax.process_count() > 1 else None)
       rollout_s = time.perf_counter() - start
       faults.fault_point("rollout", step + 1)
-      rewards, fmt = group_rewards(out, judge, c.rl)
-      adv = advantage(jnp.asarray(rewards), ddof=c.rl.adv_ddof,
-                      eps=c.rl.adv_eps).reshape(-1)
-      traj = out.trajectories
-      # Old log-probs: the sampler's (see docs/training.md).
-      fields = dict(tokens=traj.tokens, loss_mask=traj.loss_mask,
-                    attention_mask=traj.attention_mask,
-                    old_logp=traj.logprobs)
-      if jax.process_count() == 1:
-        # Several processes' trajectories are global (sharded) already.
-        fields = sharding.shard_batch(fields, self.mesh)
-      batch = steps_lib.PGBatch(
-          **fields, advantages=to_global(np.asarray(adv), self.mesh))
-      if c.rl.kl_beta:
-        batch = steps_lib.reference_logprobs(
-            reference, batch, microbatch=c.rl.microbatch,
-            chunk_size=c.rl.chunk_size)
+      components = reward_components(out, judge, c.rl)
+      rewards = total_reward(components, c.rl.reward)
+      adv, signal = task_advantages(components, c.rl)
+      batch, entropy = rl_batch(state, reference, out, adv, pg_cfg, c.rl,
+                                self.mesh)
       state, metrics = pg_step(state, batch)
       # Dispatch is asynchronous: wait, so step_s includes the update.
       metrics = jax.block_until_ready(metrics)
       step += 1
       faults.fault_point("update", step)
-      rl_metrics = {**metrics, "reward_mean": float(rewards.mean()),
-                "reward_std": float(rewards.std()),
-                "format_bonus": float(fmt.mean()),
-                "adv_abs_mean": float(np.abs(np.asarray(adv)).mean()),
-                **rollout_stats(out)}
+      rl_metrics = {**metrics, "entropy": float(entropy),
+                    **reward_metrics(components, rewards, signal, adv),
+                    **completion_metrics(out), **rollout_stats(out)}
       self.log_step("rl", step, rl_metrics,
                     {"rollout_s": rollout_s,
                      "step_s": time.perf_counter() - start},

@@ -277,6 +277,28 @@ def value_problems(config: ml_collections.ConfigDict,
   _choice(p, "rl.reward", rl.reward, REWARDS)
   _choice(p, "rl.advantage", rl.advantage, losses.ADVANTAGE_ESTIMATORS)
   _choice(p, "rl.kl_estimator", rl.kl_estimator, losses.KL_ESTIMATORS)
+  _choice(p, "rl.tie_advantage", rl.get("tie_advantage", "zero"),
+          losses.TIE_ADVANTAGES)
+  _choice(p, "rl.policy_ratio", rl.get("policy_ratio", "ppo"),
+          losses.POLICY_RATIOS)
+  if rl.get("kl_in_reward", False) and rl.kl_estimator != "k1":
+    p.append(f"rl.kl_in_reward=True needs rl.kl_estimator='k1' (got "
+             f"{rl.kl_estimator!r}): only k1 as a reward penalty has the "
+             "gradient of KL(pi || pi_ref); set --config.rl.kl_estimator=k1")
+  epochs, minibatches = rl.get("epochs", 1), rl.get("minibatches", 1)
+  _at_least(p, "rl.epochs", epochs, 1)
+  _at_least(p, "rl.minibatches", minibatches, 1)
+  if all(isinstance(x, int) and x >= 1 for x in (
+      rl.tasks_per_step, rl.group_size, minibatches)):
+    rows = rl.tasks_per_step * rl.group_size // processes
+    if rows % minibatches:
+      p.append(f"rl.minibatches={minibatches} does not divide the {rows} "
+               "rows of a step (rl.tasks_per_step x rl.group_size per "
+               f"process); set it to a divisor of {rows}")
+    if isinstance(rl.microbatch, int) and minibatches > 1:
+      _divides(p, "rl.microbatch", rl.microbatch,
+               rl.tasks_per_step * rl.group_size // processes // minibatches,
+               "the rows of one minibatch (per process)")
   _choice(p, "rl.aggregation", rl.aggregation, losses.AGGREGATIONS)
   _choice(p, "sft.aggregation", sft.aggregation, losses.AGGREGATIONS)
   _choice(p, "rollout.strategy", ro.strategy, STRATEGIES)
