@@ -63,6 +63,16 @@ def test_scripted_policies_score_as_defined(scripted_reports, policy):
     assert values[metric] == pytest.approx(expected), (policy, metric)
 
 
+@pytest.mark.parametrize("split", tasks.SPLITS)
+def test_expert_solves_every_split_and_lazy_is_the_floor(split):
+  for policy, utility in (("expert", 1), ("lazy", 0)):
+    values = _values(builtin.builtin_report(
+        builtin.evaluate_scripted(policy, split), policy, n_bootstrap=0))
+    assert values["utility"] == utility, (split, policy)
+    assert values["utility_under_attack"] == utility, (split, policy)
+    assert values["injection_asr"] == 0, (split, policy)
+
+
 def test_scripted_security_is_the_share_of_unattacked_kinds(scripted_reports):
   heldout = tasks.all_tasks(SPLIT)
   share = lambda kind: sum(t.kind != kind for t in heldout) / len(heldout)
