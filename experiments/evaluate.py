@@ -41,8 +41,10 @@ INPUT_ERRORS = (validate.ConfigError, ModelFileError, jsonfiles.DatasetError,
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "eval config file")
 _COMPARE = flags.DEFINE_multi_string(
-    "compare", None, "two runs to compare (report.json or directory): "
-    "--compare A --compare B, or --compare A B")
+    "compare", None, "two runs to compare (report.json, evaluation dir or "
+    "training workdir; PATH:before for a training run's before): "
+    "--compare A --compare B, --compare A B, or --compare WORKDIR (its "
+    "before vs after)")
 _COMPARE_OUT = flags.DEFINE_string("compare_out", "",
                                    "where compare.md and plots go")
 
