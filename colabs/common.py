@@ -79,7 +79,11 @@ SIZES = {
         "rollout.max_total_length": 640,
         "rl.steps": 1, "rl.microbatch": 8,
         "eval.max_tasks": 2, "eval.batch": 2, "eval.every": 0,
-        "eval.claim_samples": 1, "checkpoint.every": 1000,
+        # Smoke only: no sampled run and one final split (the tables read
+        # validation), so the protocol adds one greedy rollout per
+        # evaluation.
+        "eval.claim_samples": 0, "eval.final_splits": ("test",),
+        "checkpoint.every": 1000,
     },
     "cpu": {"rl.steps": 20, "eval.max_tasks": 48, "eval.batch": 48},
     "accelerator": {
