@@ -10,7 +10,16 @@
   by_<group>.png             one metric per category/suite, with intervals
 
 plus `<output_dir>/summary.md` (every table). `compare_runs` puts two runs
-side by side.
+side by side: evaluation dirs, report files or training workdirs
+(`report.json` of kind `training`), paired by `report_key`
+(`builtin/<split>`), with paired deltas where both carry per-task tables.
+
+Built-in protocol (docs/evaluation.md#protocol): `config.split` is checked
+first (unknown: `validate.ConfigError`, one line listing the splits); every
+built-in report carries `baselines` (the scripted `config.baselines` on the
+same tasks) and, for a model with `claim_samples > 0`, `sampled` (k
+episodes per task at `claim_temperature`, recorded under
+`builtin/sampled/`, bootstrap clustered over tasks).
 
 Policy spec (`config.checkpoint` if set, else `config.policy`):
   * a scripted policy name (`envs.scripted.POLICIES`): `expert` and the
@@ -21,8 +30,10 @@ Policy spec (`config.checkpoint` if set, else `config.policy`):
     ATBench and PrivacyLens need a text generator: a scripted run skips them.
   * a directory: an HF safetensors dir, an orbax model dir
     (`convert.save_orbax`), or a training checkpoint (`train.checkpoint`
-    layout: a step dir holding `state/`, or the checkpoints dir, whose newest
-    step is taken); only the params are restored from a training checkpoint.
+    layout: a step dir holding `state/`, the checkpoints dir or a training
+    workdir, whose newest step is taken; the report's meta records the step
+    dir and step restored); only the params are restored from a training
+    checkpoint.
     The tokenizer is `config.tokenizer`, else the one saved beside the
     weights, else the tiny default. Multi-turn benchmarks run through
     `rollout.rollout` (`ModelPolicy`), single-turn ones (ATBench verdict,
