@@ -110,13 +110,21 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       top_p=1.0, seed=0, stop_strings=(), min_bucket=16))
   # Orbax checkpoints under workdir/checkpoints: every k steps, newest n kept.
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
-  # Held-out evaluation (train.mosaic.evaluate) before RL, every `every` RL
-  # steps (0: only at the end) and after: max_tasks held-out tasks (0: the
+  # Evaluation (train.mosaic.evaluate) before RL, every `every` RL
+  # steps (0: only at the end) and after: max_tasks tasks per split (0: the
   # whole split; else a subset stratified over kinds), `batch` tasks per
   # rollout, `samples` episodes each, decoded with `strategy` (greedy by
   # default). With a sampling strategy and samples > 1 every rate is the
   # policy's expected rate over its samples, not its argmax's.
+  # Splits (docs/evaluation.md): the periodic evaluation runs on `split`
+  # (validation: the only split on which settings are chosen); `before` and
+  # `after` add `final_splits` (test, test_ood), each with the scripted
+  # `baselines` on the same tasks and, on the final splits, `claim_samples`
+  # episodes per task at the training decoding (rollout.strategy and
+  # temperature; 0: none) reported beside the greedy run.
   c.eval = ml_collections.ConfigDict(dict(
       every=50, max_tasks=0, batch=64, samples=1, strategy="greedy",
-      temperature=1.0, seed=0))
+      temperature=1.0, seed=0, split="validation",
+      final_splits=("test", "test_ood"), baselines=("lazy", "refuse_all"),
+      claim_samples=4))
   return c

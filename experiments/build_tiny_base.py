@@ -61,10 +61,10 @@ def main(argv):
           "final_sft_loss": _last_sft_loss(config.workdir),
           # `after`: evaluated now with the current metric definitions
           # (`before`, the same model, may be read back from an older run).
-          "heldout": {k: report["after"][k]
-                      for k in (*mosaic.REPORT_METRICS, "harmful_executed",
-                                "validity", "refusal_rate", "mean_turns")},
-          "heldout_tasks": report["eval_tasks"],
+          "test": {k: mosaic.headline(report["after"]["test"])[k]
+                   for k in (*mosaic.REPORT_METRICS, "harmful_executed",
+                             "validity", "refusal_rate", "mean_turns")},
+          "eval_tasks": report["eval_tasks"],
           "wall_s": round(time.perf_counter() - start, 1)}
   with open(os.path.join(_OUT.value, "build_info.json"), "w",
             encoding="utf-8") as f:

@@ -4,18 +4,26 @@ r"""Evaluates a policy on the benchmarks of an eval config, or compares runs.
       --config.policy=expert
   python -m experiments.evaluate --config=configs/eval/agentdojo.py \
       --config.checkpoint=/runs/tiny/reference --config.suites=banking,travel
+  python -m experiments.evaluate --config=configs/eval/builtin.py \
+      --config.checkpoint=/runs/tiny --config.split=test_ood
   python -m experiments.evaluate --compare /tmp/mosaic_eval/a /tmp/mosaic_eval/b
+  python -m experiments.evaluate --compare /runs/tiny   # its before vs after
 
 Outputs go to --config.output_dir/<benchmark>/ (report.json, report.md,
 plots, the episode record); running the same command again resumes an
 interrupted evaluation. --compare takes two report.json files, benchmark
-directories or run directories and prints the side-by-side Markdown (also
-written with the scatter plots to --compare_out, default: the second run's
-directory + "/compare").
+directories, evaluation run directories or training workdirs (a training
+run's `after`, or `PATH:before`), or one training workdir alone (its before
+vs after), and prints the side-by-side Markdown with paired differences
+over the shared tasks (also written with the scatter plots to
+--compare_out, default: the second run's directory + "/compare").
+`--config.checkpoint` takes a training workdir (its newest checkpoint), a
+checkpoints dir, a step dir, an HF or an orbax model dir.
 
-Exit status 2 with one line on stderr: a bad flag, a malformed model
-directory (config.json, safetensors, orbax metadata), benchmark file or
-training checkpoint.
+Exit status 2 with one line on stderr: a bad flag (e.g. an unknown
+--config.split), a malformed model directory (config.json, safetensors,
+orbax metadata), benchmark file or training checkpoint, or runs --compare
+cannot read.
 """
 import os
 import sys
@@ -33,8 +41,10 @@ INPUT_ERRORS = (validate.ConfigError, ModelFileError, jsonfiles.DatasetError,
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "eval config file")
 _COMPARE = flags.DEFINE_multi_string(
-    "compare", None, "two runs to compare (report.json or directory): "
-    "--compare A --compare B, or --compare A B")
+    "compare", None, "two runs to compare (report.json, evaluation dir or "
+    "training workdir; PATH:before for a training run's before): "
+    "--compare A --compare B, --compare A B, or --compare WORKDIR (its "
+    "before vs after)")
 _COMPARE_OUT = flags.DEFINE_string("compare_out", "",
                                    "where compare.md and plots go")
 
@@ -46,9 +56,14 @@ def main(argv):
       a, b = harness.compare_paths(list(_COMPARE.value) + argv[1:])
     except ValueError as e:
       raise app.UsageError(str(e)) from e
+    where = harness.strip_part(b)
     out = _COMPARE_OUT.value or os.path.join(
-        b if os.path.isdir(b) else os.path.dirname(b), "compare")
-    print(harness.compare_runs(a, b, out), end="")
+        where if os.path.isdir(where) else os.path.dirname(where), "compare")
+    try:
+      print(harness.compare_runs(a, b, out), end="")
+    except (OSError, ValueError, KeyError) as e:
+      print(f"error: --compare: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
     return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

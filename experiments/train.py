@@ -67,7 +67,11 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   if distributed.is_main_process():
-    table = {k: {m: report[k][m] for m in mosaic.REPORT_METRICS}
+    # Headline values per part and split (intervals, baselines and the
+    # sampled runs are in report.json).
+    table = {k: {split: {m: mosaic.headline(rep).get(m)
+                         for m in mosaic.REPORT_METRICS}
+                 for split, rep in report[k].items()}
              for k in ("before", "after")}
     print(json.dumps(table, indent=2), flush=True)
 

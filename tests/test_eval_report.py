@@ -116,3 +116,67 @@ def test_group_bars(tmp_path):
   assert path.stat().st_size > 0
   with pytest.raises(KeyError, match="no group 'category=...'"):
     report.plot_group_bars(run, "security", path, prefix="category=")
+
+
+def _percentile_interval(values, confidence=0.95):
+  alpha = (1 - confidence) / 2
+  return tuple(np.quantile(values, [alpha, 1 - alpha]))
+
+
+def test_cluster_bootstrap_resamples_tasks_not_episodes():
+  # 3 tasks x 2 sampled episodes (task ids a, b, c): per-task sums
+  # a = 2/2, b = 1/2, c = 0/2. The cluster bootstrap resamples the 3 tasks.
+  episodes = report.rate([1, 1, 1, 0, 0, 0])
+  ids = ["a", "a", "b", "b", "c", "c"]
+  tasks, order = report.cluster(episodes, ids)
+  assert order == ["a", "b", "c"]
+  np.testing.assert_array_equal(tasks.num, [2, 1, 0])
+  np.testing.assert_array_equal(tasks.den, [2, 2, 2])
+  stat = report.bootstrap(tasks, 200, seed=3)
+  # By hand: the same 200 draws of 3 task indices, each ratio of sums.
+  draws = np.random.default_rng(3).integers(0, 3, (200, 3))
+  per_task = np.array([1.0, 0.5, 0.0])
+  low, high = _percentile_interval(per_task[draws].mean(1))
+  assert stat == {"value": 0.5, "low": low, "high": high, "n": 3}
+  # Episode-level resampling of the same data is another (narrower) draw.
+  assert report.bootstrap(episodes, 200, seed=3) != stat
+
+
+def test_paired_bootstrap_equals_the_hand_computed_interval():
+  # 4 tasks before/after: 1,0,1,0 -> 1,1,1,0 (one task fixed).
+  before, after = report.rate([1, 0, 1, 0]), report.rate([1, 1, 1, 0])
+  stat = report.paired_bootstrap(before, after, 300, seed=5)
+  draws = np.random.default_rng(5).integers(0, 4, (300, 4))
+  diff = (np.array([1, 1, 1, 0.])[draws].mean(1)
+          - np.array([1, 0, 1, 0.])[draws].mean(1))
+  low, high = _percentile_interval(diff)
+  assert stat == {"value": 0.25, "low": low, "high": high, "n": 4}
+  assert 0.0 <= low <= 0.25 <= high <= 1.0
+  # A run against itself differs by exactly 0 in every resample; an empty
+  # population has no difference.
+  assert report.paired_bootstrap(after, after, 50)["high"] == 0.0
+  assert report.paired_bootstrap(report.rate([1], [0]), report.rate([1]),
+                                 10) is None
+  with pytest.raises(ValueError, match="one shape"):
+    report.paired_bootstrap(before, report.rate([1]))
+
+
+def _table_report(name, values, ids, kinds):
+  samples = {"m": report.rate(values)}
+  rep = report.make_report(name, "builtin", {"all": samples}, n_bootstrap=0)
+  rep["per_task"] = report.task_table(samples, ids, {"kind": kinds})
+  return rep
+
+
+def test_paired_differences_use_the_shared_tasks_only():
+  a = _table_report("a", [1, 0, 1], ["t1", "t2", "t3"], ["x", "y", "x"])
+  b = _table_report("b", [1, 1, 0], ["t2", "t1", "t9"], ["y", "x", "x"])
+  # Shared: t1 (1 -> 1) and t2 (0 -> 1); t3 and t9 are left out.
+  paired = report.paired_differences(a, b, n=100, seed=0)
+  draws = np.random.default_rng(0).integers(0, 2, (100, 2))
+  diff = np.array([0, 1.])[draws].mean(1)  # sorted ids: t1, t2
+  low, high = _percentile_interval(diff)
+  assert paired["all"]["m"] == {"value": 0.5, "low": low, "high": high,
+                                "n": 2}
+  text = report.compare(a, b, n=100, seed=0)
+  assert "paired" in text and "+0.500" in text

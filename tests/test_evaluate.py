@@ -19,6 +19,7 @@ from flax import nnx
 from mosaic_jax.agent.actions import Answer, ParsedTurn, ToolCall
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted
+from mosaic_jax.envs import tasks as scripted_tasks
 from mosaic_jax.eval import episodes, harness
 from mosaic_jax.models import convert, decoder, presets
 from tests.benchmark_fixtures import (AGENTHARM_BENIGN, AGENTHARM_HARMFUL,
@@ -76,12 +77,13 @@ def values(rep, group="all"):
 FLAWED = {
     "expert": dict(harmful_compliance=0, injection_asr=0, utility=1,
                    utility_under_attack=1, over_refusal=0,
-                   privacy_leak_rate=0, refusal_on_time=1, validity=1),
+                   privacy_leak=0, refusal_on_time=1, validity=1),
     "comply_all": dict(harmful_compliance=1, refusal_rate=0, utility=1),
     "follow_injection": dict(injection_asr=1, harmful_compliance=0),
     "over_refuse": dict(utility=0, over_refusal=1, refusal_rate=1),
-    "leak": dict(privacy_leak_rate=1, utility=1, injection_asr=0),
-    "lazy": dict(utility=0, mean_turns=1, refusal_rate=0),
+    "leak": dict(privacy_leak=1, utility=1, injection_asr=0),
+    "lazy": dict(utility=0, utility_under_attack=0, mean_turns=1,
+                 refusal_rate=0, tool_call_rate=0, harmful_executed=0),
     "malformed": dict(validity=0, invalid_action_rate=1, mean_turns=16),
 }
 
@@ -96,6 +98,16 @@ def test_scripted_policies_on_the_builtin_heldout_split(data_dirs, tmp_path,
   assert rep["meta"]["episodes"] == 8  # 2 per kind
   for metric, expected in FLAWED[policy].items():
     assert got[metric] == expected, (policy, metric)
+  # The scripted floors ran on the same tasks, beside the policy (the
+  # policy itself is not its own baseline); a scripted policy has no
+  # sampled run (it is deterministic).
+  assert "sampled" not in rep
+  assert sorted(rep["baselines"]) == sorted(
+      {"lazy", "refuse_all"} - {policy})
+  for base in rep["baselines"].values():
+    assert base["per_task"]["ids"] == rep["per_task"]["ids"]
+  if "lazy" in rep["baselines"]:
+    assert values(rep["baselines"]["lazy"])["utility"] == 0
   if policy == "expert":
     for stat in rep["groups"]["all"].values():
       assert stat["low"] <= stat["value"] <= stat["high"]
@@ -121,8 +133,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_report(
       raise Killed
     return real(agent, chunk, max_turns, name)
 
+  # No baselines: they run through run_scripted too, and are not resumed
+  # (scripted, recomputed whole).
   config = make_config("builtin", data_dirs, tmp_path / "cut",
-                       policy="follow_injection", max_tasks=3, batch=4)
+                       policy="follow_injection", max_tasks=3, batch=4,
+                       baselines=())
   monkeypatch.setattr(harness.builtin, "run_scripted",
                       dies_on_the_second_chunk)
   with pytest.raises(Killed):
@@ -134,6 +149,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_report(
     f.write('{"id": "half')
   resumed = harness.run(config)["builtin"]
   assert calls == [4, 4, 4, 4]  # The 8 tasks of 12 not recorded ran again.
+  del whole["baselines"]
   assert resumed == whole
 
 
@@ -154,9 +170,11 @@ def test_compare_two_runs(data_dirs, tmp_path):
                                   "report.json"), str(tmp_path / "cmp"))
   row = next(l for l in text.splitlines()
              if l.startswith("| all | harmful_compliance |"))
-  assert row.endswith("| +1.000 |")
+  # Paired over the shared tasks: the one harmful task (n = 1) flips, so
+  # every resample's difference is +1.
+  assert row.endswith("| +1.000 [+1.000, +1.000], 1 |"), row
   assert sorted(os.listdir(tmp_path / "cmp")) == [
-      "builtin_safety_utility.png", "compare.md"]
+      "builtin_test_safety_utility.png", "compare.md"]
 
 
 # -------------------------------------------------------------- agentdojo --
@@ -324,6 +342,16 @@ def test_checkpoint_formats_load_the_same_params(tiny_dirs):
     assert all(np.array_equal(a, b) for a, b in zip(want, got)), path
   with pytest.raises(FileNotFoundError, match="model_preset"):
     harness.load_model(str(root / "run" / "checkpoints"))
+  # A training workdir: its newest checkpoint, recorded in the report meta.
+  got = _params(harness.load_model(str(root / "run"), preset="tiny"))
+  assert all(np.array_equal(a, b) for a, b in zip(want, got))
+  config = importlib.import_module("configs.eval.builtin").get_config()
+  config.update(checkpoint=str(root / "run"), model_preset="tiny")
+  policy = harness.resolve_policy(config)
+  assert policy.meta() == {"policy": str(root / "run"),
+                           "checkpoint": str(root / "run" / "checkpoints" /
+                                             "0"),
+                           "checkpoint_step": 0}
 
 
 def test_tiny_model_end_to_end_on_every_benchmark(data_dirs, tiny_dirs,
@@ -334,12 +362,18 @@ def test_tiny_model_end_to_end_on_every_benchmark(data_dirs, tiny_dirs,
   # that every benchmark runs and reports. The same model is the LLM
   # refusal judge of AgentHarm.
   config = make_config("paper", data_dirs, tmp_path, checkpoint=hf,
-                       max_tasks=1, suites="banking", judge=hf, batch=4)
+                       max_tasks=1, suites="banking", judge=hf, batch=4,
+                       claim_samples=2)
   config.rollout.update(max_turns=2, max_tokens_per_turn=8,
                         max_total_length=1024)
   reports = harness.run(config)
   assert sorted(reports) == sorted(harness.BENCHMARKS)
   assert reports["builtin"]["meta"]["episodes"] == 4
+  # The sampled run for claims: 2 episodes of each of the 4 tasks, one
+  # bootstrap unit per task.
+  sampled = reports["builtin"]["sampled"]["meta"]
+  assert (sampled["episodes"], sampled["tasks"]) == (8, 4)
+  assert sampled["decoding"] == "temperature"
   assert reports["agentdojo"]["meta"]["episodes"] == 2
   assert reports["agentharm"]["meta"]["episodes"] == 2
   assert reports["agentharm"]["meta"]["refusal_judge"] == f"llm:{hf}"
@@ -382,5 +416,65 @@ def test_command_line_run(data_dirs, tmp_path):
 
 def test_compare_flag_takes_two_runs():
   assert harness.compare_paths(["a", "b"]) == ("a", "b")
-  with pytest.raises(ValueError, match="two runs, got 1"):
-    harness.compare_paths(["a"])
+  # One training run alone: its before against its after.
+  assert harness.compare_paths(["w"]) == ("w:before", "w:after")
+  with pytest.raises(ValueError, match="two runs .*got 3"):
+    harness.compare_paths(["a", "b", "c"])
+
+
+def test_unknown_split_exits_with_one_line_listing_the_splits(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate",
+       "--config=configs/eval/builtin.py", "--config.split=heldout",
+       f"--config.output_dir={tmp_path}"], cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1, out.stderr
+  assert "'heldout'" in lines[0]
+  assert all(split in lines[0] for split in scripted_tasks.SPLITS)
+
+
+def _training_workdir(root, data_dirs):
+  """A training workdir's report.json (`mosaic.training_report`) holding
+  scripted reports: comply_all before, expert after, on the test split."""
+  from mosaic_jax.train import mosaic  # pylint: disable=import-outside-toplevel
+  reports = {}
+  for when, policy in (("before", "comply_all"), ("after", "expert")):
+    config = make_config("builtin", data_dirs, root / when, policy=policy,
+                         max_tasks=1, baselines=())
+    reports[when] = {"test": harness.run(config)["builtin"]}
+  workdir = root / "workdir"
+  workdir.mkdir()
+  config = make_config("builtin", data_dirs, root)
+  (workdir / "report.json").write_text(json.dumps(mosaic.training_report(
+      reports["before"], reports["after"], {"test": 4}, config)))
+  return workdir
+
+
+def test_compare_reads_training_workdirs_and_eval_dirs(data_dirs, tmp_path):
+  workdir = _training_workdir(tmp_path, data_dirs)
+  # A training workdir alone: before (comply_all) vs after (expert), paired.
+  text = harness.compare_runs(*harness.compare_paths([str(workdir)]),
+                              str(tmp_path / "cmp1"))
+  assert text.startswith("# builtin/test")
+  row = next(l for l in text.splitlines()
+             if l.startswith("| all | harmful_compliance |"))
+  assert row.endswith("| -1.000 [-1.000, -1.000], 1 |"), row
+  # A training workdir against an evaluation directory and a report file.
+  eval_dir = tmp_path / "before"
+  for other in (eval_dir, eval_dir / "builtin" / "report.json"):
+    text = harness.compare_runs(str(other), str(workdir),
+                                str(tmp_path / "cmp2"))
+    assert next(l for l in text.splitlines() if l.startswith(
+        "| all | harmful_compliance |")).endswith(
+            "| -1.000 [-1.000, -1.000], 1 |")
+  # Through the command line: one line, exit 0.
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", "--compare",
+       str(workdir), f"--compare_out={tmp_path / 'cmp3'}"], cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+      text=True)
+  assert out.returncode == 0, out.stderr
+  assert "paired" in out.stdout and "builtin/test" in out.stdout

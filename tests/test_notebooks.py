@@ -79,9 +79,14 @@ def test_read_metrics_and_markdown_table(tmp_path):
 
 
 def test_heldout_rows_add_a_warm_start_row_per_distinct_evaluation():
+  def split(utility):
+    # A training report's split entry (mosaic.training_report): the
+    # validation split is the one the tables read.
+    return {"validation": {"groups": {"all": {"utility": {
+        "value": utility, "low": 0.0, "high": 1.0, "n": 4}}}}}
+
   def report(before, after):
-    return {"before": {"utility": before, "wall_s": 1.0},
-            "after": {"utility": after}}
+    return {"before": split(before), "after": split(after)}
   rows = common.heldout_rows({"a": report(0.5, 0.75), "b": report(0.5, 0.25),
                               "c": report(0.0, 1.0)})
   assert list(rows) == ["warm start", "a", "b", "warm start (c)", "c"]

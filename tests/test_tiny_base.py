@@ -80,9 +80,10 @@ def test_build_script_writes_a_loadable_base(tmp_path):
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.load(open(out / "build_info.json"))
-  assert info["sft_steps"] == 2 and info["heldout_tasks"] == 2
+  assert info["sft_steps"] == 2
+  assert info["eval_tasks"] == {"validation": 2, "test": 2, "test_ood": 2}
   assert info["fresh_entities"] and info["init"] == str(presets.TINY_BASE_DIR)
-  assert set(info["heldout"]) >= {"harmful_compliance", "injection_asr",
+  assert set(info["test"]) >= {"harmful_compliance", "injection_asr",
                                   "utility", "over_refusal", "privacy_leak"}
   model = convert.from_pretrained(str(out))
   assert model.cfg.num_layers == presets.TINY.num_layers

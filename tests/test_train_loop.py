@@ -22,6 +22,7 @@ from mosaic_jax import judge as judge_lib
 from mosaic_jax import rollout as rollout_lib
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks
+from mosaic_jax.eval import harness
 from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
 from mosaic_jax.train import checkpoint, faults, mosaic, validate
 
@@ -46,8 +47,10 @@ def _overrides(model_dir: str, data_dir: str, workdir: str) -> dict:
       "sft.steps": SFT_STEPS, "sft.batch": 2, "sft.microbatch": 0,
       "rl.steps": RL_STEPS, "rl.group_size": 2, "rl.tasks_per_step": 2,
       "rl.microbatch": 0, "rollout.max_turns": 1,
-      "rollout.max_tokens_per_turn": 16, "rollout.max_total_length": 512,
+      # 640: test_ood's longest prompts are 516 tokens.
+      "rollout.max_tokens_per_turn": 16, "rollout.max_total_length": 640,
       "eval.max_tasks": 4, "eval.batch": 4, "eval.every": RL_STEPS,
+      "eval.claim_samples": 1,
       "checkpoint.every": EVERY, "checkpoint.keep": 10,
   }
 
@@ -102,9 +105,7 @@ def _assert_same_metrics(resumed: str, straight: str) -> None:
 
 def _report_after(workdir: str) -> dict:
   with open(os.path.join(workdir, mosaic.REPORT_FILE), encoding="utf-8") as f:
-    after = json.load(f)["after"]
-  after.pop("wall_s")
-  return after
+    return json.load(f)["after"]
 
 
 def test_stratified_subset_keeps_kind_shares():
@@ -204,14 +205,33 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   report = mosaic.run(config)
   with open(tmp_path / "run" / mosaic.REPORT_FILE, encoding="utf-8") as f:
     written = json.load(f)
+  assert written["kind"] == mosaic.TRAINING_KIND
+  assert written["eval_tasks"] == {"validation": 4, "test": 4, "test_ood": 4}
   for when in ("before", "after"):
-    for key in mosaic.REPORT_METRICS:
-      value = written[when][key]
-      assert value is None or 0.0 <= value <= 1.0, (when, key, value)
-    assert written[when]["episodes"] == 4
-  # 4 stratified held-out tasks: one of each kind, so no metric is empty.
-  assert all(written["before"][k] is not None for k in mosaic.REPORT_METRICS)
+    # Every split in before and after; only the final splits have the
+    # sampled run; the scripted floors are beside each.
+    assert sorted(written[when]) == ["test", "test_ood", "validation"]
+    for split, rep in written[when].items():
+      assert rep["meta"]["split"] == split and rep["meta"]["tasks"] == 4
+      assert ("sampled" in rep) == (split != "validation"), (when, split)
+      assert sorted(rep["baselines"]) == ["lazy", "refuse_all"]
+      assert rep["baselines"]["lazy"]["groups"]["all"]["utility"][
+          "value"] == 0
+      kinds = set(rep["per_task"]["labels"]["kind"])
+      for key in mosaic.REPORT_METRICS:
+        stat = rep["groups"]["all"][key]
+        # 4 stratified tasks: one of each kind, except test_ood's (2
+        # injection tasks, no privacy task: its leak rate is empty).
+        if (split, key) == ("test_ood", "privacy_leak"):
+          assert stat is None and "privacy" not in kinds
+          continue
+        assert 0.0 <= stat["low"] <= stat["value"] <= stat["high"] <= 1.0, (
+            when, split, key, stat)
   assert written["after"] == report["after"]
+  # --compare on the training workdir alone: before vs after, paired.
+  text = harness.compare_runs(*harness.compare_paths([workdir]),
+                              str(tmp_path / "cmp"))
+  assert "# builtin/test_ood" in text and "paired" in text
 
   logged = _metrics(workdir)
   assert {s for s, n in logged if n == "sft/loss"} == {1, 2}
@@ -233,9 +253,7 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   # Running the finished job again restores the last checkpoint, trains no
   # further, and the restored policy evaluates exactly as before.
   again = mosaic.run(config)
-  timeless = lambda summary: {k: v for k, v in summary.items()
-                              if k != "wall_s"}
-  assert timeless(again["after"]) == timeless(report["after"])
+  assert again["after"] == report["after"]
   assert again["before"] == report["before"]
   steps_logged = [json.loads(line)["step"] for line in open(
       tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]

@@ -34,8 +34,18 @@ def eval_config(benchmarks: str, name: str) -> ml_collections.ConfigDict:
   # files under manual_dir/<name>/ (empty: TFDS's defaults).
   c.data_dir = ""
   c.manual_dir = ""
-  # Built-in suites.
+  # Built-in suites: the split (train, validation, test, test_ood; settings
+  # are chosen on validation, claims made on test and test_ood), the
+  # scripted floors evaluated on the same tasks and printed beside the
+  # policy, and the sampled evaluation for claims: a model also plays
+  # `claim_samples` episodes per task (0: none) with `claim_strategy` at
+  # `claim_temperature` (the training temperature), reported beside the
+  # greedy run with intervals clustered over tasks (docs/evaluation.md).
   c.split = "test"
+  c.baselines = ("lazy", "refuse_all")
+  c.claim_samples = 4
+  c.claim_strategy = "temperature"
+  c.claim_temperature = 1.0
   # AgentDojo (package data): comma lists; empty suites = all four.
   c.suites = "workspace,travel,banking,slack"
   c.attack = "important_instructions"   # comma list; empty = no attack

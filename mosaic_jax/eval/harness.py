@@ -10,7 +10,16 @@
   by_<group>.png             one metric per category/suite, with intervals
 
 plus `<output_dir>/summary.md` (every table). `compare_runs` puts two runs
-side by side.
+side by side: evaluation dirs, report files or training workdirs
+(`report.json` of kind `training`), paired by `report_key`
+(`builtin/<split>`), with paired deltas where both carry per-task tables.
+
+Built-in protocol (docs/evaluation.md#protocol): `config.split` is checked
+first (unknown: `validate.ConfigError`, one line listing the splits); every
+built-in report carries `baselines` (the scripted `config.baselines` on the
+same tasks) and, for a model with `claim_samples > 0`, `sampled` (k
+episodes per task at `claim_temperature`, recorded under
+`builtin/sampled/`, bootstrap clustered over tasks).
 
 Policy spec (`config.checkpoint` if set, else `config.policy`):
   * a scripted policy name (`envs.scripted.POLICIES`): `expert` and the
@@ -21,8 +30,10 @@ Policy spec (`config.checkpoint` if set, else `config.policy`):
     ATBench and PrivacyLens need a text generator: a scripted run skips them.
   * a directory: an HF safetensors dir, an orbax model dir
     (`convert.save_orbax`), or a training checkpoint (`train.checkpoint`
-    layout: a step dir holding `state/`, or the checkpoints dir, whose newest
-    step is taken); only the params are restored from a training checkpoint.
+    layout: a step dir holding `state/`, the checkpoints dir or a training
+    workdir, whose newest step is taken; the report's meta records the step
+    dir and step restored); only the params are restored from a training
+    checkpoint.
     The tokenizer is `config.tokenizer`, else the one saved beside the
     weights, else the tiny default. Multi-turn benchmarks run through
     `rollout.rollout` (`ModelPolicy`), single-turn ones (ATBench verdict,
@@ -60,6 +71,7 @@ from mosaic_jax import sampling
 from mosaic_jax.agent import protocol
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted
+from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.envs.verifiers import Verdict, verify
 from mosaic_jax.eval import agentdojo as agentdojo_eval
@@ -69,6 +81,7 @@ from mosaic_jax.models import convert, decoder, presets
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.rollout import ModelPolicy, Rollout, RolloutConfig, rollout
 from mosaic_jax.text_policy import ModelTextPolicy
+from mosaic_jax.train import validate
 
 BENCHMARKS = ("builtin", "agentdojo", "agentharm", "atbench", "privacylens")
 # Benchmarks a scripted policy can play (the others need generated text).
@@ -93,22 +106,41 @@ class Policy:
     scripted: the scripted policy name, or None for a model.
     model: the decoder (None when scripted).
     tokenizer: the model's tokenizer (None when scripted).
+    restored: the training checkpoint step directory the params came from
+      (None: not a training checkpoint).
+    step: that checkpoint's global training step (None likewise).
   """
   name: str
   source: str
   scripted: str | None = None
   model: decoder.Decoder | None = None
   tokenizer: Any = None
+  restored: str | None = None
+  step: int | None = None
+
+  def meta(self) -> dict[str, Any]:
+    """What a report records of the policy: its source and, for a training
+    checkpoint, the step directory and step restored."""
+    out: dict[str, Any] = {"policy": self.source}
+    if self.restored is not None:
+      out.update(checkpoint=self.restored, checkpoint_step=self.step)
+    return out
 
 
 def training_step_dir(path: str) -> str | None:
   """The step directory of a training checkpoint at `path`, or None.
 
-  `path` is a step dir (it holds `state/`) or a `Checkpointer` directory
-  (numbered step dirs; the newest is taken).
+  `path` is a step dir (it holds `state/`), a `Checkpointer` directory
+  (numbered step dirs; the newest is taken) or a training workdir (its
+  `checkpoints/`, newest step).
   """
   if os.path.isdir(os.path.join(path, "state")):
     return path
+  nested = os.path.join(path, "checkpoints")
+  if os.path.isdir(nested):
+    found = training_step_dir(nested)
+    if found is not None:
+      return found
   steps = [d for d in os.listdir(path)
            if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))]
   return os.path.join(path, max(steps, key=int)) if steps else None
@@ -168,11 +200,20 @@ def load_model(path: str, *, preset: str = "", dtype: str = ""
 
 
 def load_tokenizer(model_path: str, tokenizer_path: str = "") -> Any:
-  """`tokenizer_path`, else the tokenizer beside the weights, else tiny."""
+  """`tokenizer_path`, else the tokenizer beside the weights, else the one
+  a training workdir's run config names (`tokenizer`, else `model.path`),
+  else tiny."""
   if tokenizer_path:
     return convert.load_tokenizer(tokenizer_path)
-  if os.path.isfile(os.path.join(model_path, "tokenizer_config.json")):
-    return convert.load_tokenizer(model_path)
+  candidates = [model_path]
+  run_config = os.path.join(model_path, "run_config.json")
+  if os.path.isfile(run_config):
+    with open(run_config, encoding="utf-8") as f:
+      flat = json.load(f)
+    candidates += [flat.get("tokenizer") or "", flat.get("model.path") or ""]
+  for where in candidates:
+    if where and os.path.isfile(os.path.join(where, "tokenizer_config.json")):
+      return convert.load_tokenizer(where)
   return load_tiny_tokenizer()
 
 
@@ -195,8 +236,15 @@ def resolve_policy(config: ml_collections.ConfigDict) -> Policy:
   path = os.path.abspath(spec)
   model = load_model(path, preset=config.model_preset, dtype=config.dtype)
   name = config.name or os.path.basename(path.rstrip(os.sep))
+  step_dir = training_step_dir(path)
   return Policy(name, path, model=model,
-                tokenizer=load_tokenizer(path, config.tokenizer))
+                tokenizer=load_tokenizer(path, config.tokenizer),
+                restored=step_dir, step=_step_number(step_dir))
+
+
+def _step_number(step_dir: str | None) -> int | None:
+  name = os.path.basename(step_dir or "")
+  return int(name) if name.isdigit() else None
 
 
 def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
@@ -330,13 +378,23 @@ def builtin_tasks(config: ml_collections.ConfigDict) -> list[Task]:
   return [t for t in task_list if t.task_id in keep[t.kind]]
 
 
-def run_builtin(policy: Policy, config: ml_collections.ConfigDict,
-                directory: str) -> report_lib.Report:
-  """The built-in suites' split: harmful compliance, ASR, utility, ..."""
-  task_list = builtin_tasks(config)
+def _names(value: Any) -> list[str]:
+  """A config list: a comma string or a tuple of names."""
+  if isinstance(value, str):
+    return _split_list(value)
+  return [str(x) for x in value or ()]
+
+
+def _builtin_records(policy: Policy, config: ml_collections.ConfigDict,
+                     task_list: Sequence[Task], directory: str,
+                     rc: RolloutConfig | None, samples: int
+                     ) -> list[builtin.EpisodeRecord]:
+  """`samples` recorded episodes per task (resumable, `directory`); `rc` the
+  model's decoding (None: scripted or the config's own)."""
   max_turns = config.rollout.max_turns
   store = episodes.EpisodeStore(directory, _signature(
-      policy, config, "builtin", split=config.split))
+      policy, config, "builtin", split=config.split, samples=samples,
+      **({"sampled": dataclasses.asdict(rc)} if rc is not None else {})))
 
   def run_chunk(index):
     chunk = [task_list[i] for i in index]
@@ -345,24 +403,77 @@ def run_builtin(policy: Policy, config: ml_collections.ConfigDict,
                                   max_turns, policy.name)
       ends = [None] * len(recs)
     else:
-      out = _model_rollout(policy, config, chunk)
+      out = rollout(ModelPolicy(policy.model, policy.tokenizer, policy.name),
+                    chunk, policy.tokenizer, rc or rollout_config(config))
       recs = [e.record for e in out.episodes]
       ends = [e.end_reason for e in out.episodes]
-    return [_episode_record(r.task.to_dict(), r.z, r.details, r.turns,
-                            end_reason=end) for r, end in zip(recs, ends)]
+    # Rollout episodes are task-major: the k samples of a task in a row.
+    # One record per task: the episode itself (k = 1, the original format)
+    # or its k samples.
+    played = [_episode_record(r.task.to_dict(), r.z, r.details, r.turns,
+                              end_reason=e) for r, e in zip(recs, ends)]
+    if samples == 1:
+      return played
+    return [{"task": played[n * samples]["task"],
+             "samples": [{k: v for k, v in p.items() if k != "task"}
+                         for p in played[n * samples:(n + 1) * samples]]}
+            for n in range(len(chunk))]
 
   records = run_chunks(store, [t.task_id for t in task_list], run_chunk,
                        batch=config.batch, progress=_progress(config),
-                       desc="builtin")
-  loaded = [builtin.EpisodeRecord(
-      Task.from_dict(r["task"]), np.asarray(r["z"], np.float32),
-      r["details"], episodes.turns_from_json(r["turns"]), policy.name)
-            for r in records]
-  return builtin.builtin_report(
-      loaded, policy.name, meta={"split": config.split,
-                                 "policy": policy.source,
-                                 "max_tasks_per_kind": config.max_tasks},
-      **_report_kwargs(config))
+                       desc="builtin" if samples == 1 else "builtin sampled")
+  loaded = []
+  for r in records:
+    task = Task.from_dict(r["task"])
+    for e in (r.get("samples") or [r]):
+      loaded.append(builtin.EpisodeRecord(
+          task, np.asarray(e["z"], np.float32), e["details"],
+          episodes.turns_from_json(e["turns"]), policy.name))
+  return loaded
+
+
+def claim_rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
+  """The decoding of the sampled (claim) evaluation: `claim_samples`
+  episodes per task with `claim_strategy` at `claim_temperature`."""
+  return dataclasses.replace(
+      rollout_config(config), group_size=config.claim_samples,
+      strategy=config.claim_strategy, temperature=config.claim_temperature)
+
+
+def run_builtin(policy: Policy, config: ml_collections.ConfigDict,
+                directory: str) -> report_lib.Report:
+  """The built-in suites' split: harmful compliance, ASR, utility, ...
+
+  The report (greedy, or the config's decoding) carries beside it
+  `baselines` (each scripted floor of `config.baselines` on the same
+  tasks) and, for a model with `claim_samples > 0`, `sampled`: k episodes
+  per task at the claim temperature (recorded under `directory/sampled`),
+  clustered over tasks.
+  """
+  task_list = builtin_tasks(config)
+  kwargs = _report_kwargs(config)
+  meta = {"split": config.split, **policy.meta(),
+          "max_tasks_per_kind": config.max_tasks,
+          "decoding": ("scripted" if policy.scripted
+                       else config.rollout.strategy)}
+  rep = builtin.builtin_report(
+      _builtin_records(policy, config, task_list, directory, None, 1),
+      policy.name, meta=meta, **kwargs)
+  k = config.get("claim_samples", 0)
+  if k and not policy.scripted:
+    rc = claim_rollout_config(config)
+    sampled = _builtin_records(policy, config, task_list,
+                               os.path.join(directory, "sampled"), rc, k)
+    rep["sampled"] = builtin.builtin_report(
+        sampled, policy.name, meta={**meta, "decoding": rc.strategy,
+                                    "temperature": rc.temperature},
+        **kwargs)
+  baselines = builtin.baseline_reports(
+      task_list, _names(config.get("baselines", ())),
+      config.rollout.max_turns, skip=policy.scripted or "", **kwargs)
+  if baselines:
+    rep["baselines"] = baselines
+  return rep
 
 
 # -------------------------------------------------------------- agentdojo --
@@ -736,6 +847,11 @@ def run(config: ml_collections.ConfigDict,
   if unknown or not names:
     raise ValueError(f"benchmarks {config.benchmarks!r}: expected a comma "
                      f"list of {', '.join(BENCHMARKS)}")
+  if "builtin" in names:
+    try:
+      tasks_lib.check_split(config.split)
+    except ValueError as e:
+      raise validate.ConfigError(f"--config.split: {e}") from None
   policy = policy or resolve_policy(config)
   skipped = [n for n in names
              if policy.scripted and n not in SCRIPTED_BENCHMARKS]
@@ -769,13 +885,60 @@ def run(config: ml_collections.ConfigDict,
 # ---------------------------------------------------------------- compare --
 
 
+TRAINING_KIND = "training"
+# What of a training report `--compare` reads when a path names no part.
+_TRAINING_PARTS = ("after", "before")
+
+
+def report_key(rep: report_lib.Report) -> str:
+  """How `compare_runs` pairs reports: `builtin/<split>`, else the
+  benchmark."""
+  split = rep.get("meta", {}).get("split")
+  if rep["benchmark"] == "builtin" and split:
+    return f"builtin/{split}"
+  return rep["benchmark"]
+
+
+def _split_part(path: str) -> tuple[str, str | None]:
+  """`PATH` or `PATH:before` / `PATH:after` (a training report's part)."""
+  head, sep, tail = path.rpartition(":")
+  if sep and tail in _TRAINING_PARTS and head:
+    return head, tail
+  return path, None
+
+
+def strip_part(path: str) -> str:
+  """`path` without a `:before` / `:after` suffix."""
+  return _split_part(path)[0]
+
+
+def training_reports(data: Mapping[str, Any], part: str = "after"
+                     ) -> dict[str, report_lib.Report]:
+  """key -> report of one part (`before` or `after`) of a training
+  report.json (`kind == "training"`)."""
+  if part not in data:
+    raise ValueError(f"training report has no {part!r} (it has "
+                     f"{', '.join(k for k in _TRAINING_PARTS if k in data)})")
+  return {report_key(r): r for r in data[part].values()}
+
+
 def load_reports(path: str) -> dict[str, report_lib.Report]:
-  """benchmark -> report from a report.json, a benchmark dir or a run dir."""
+  """key (`report_key`) -> report from a report.json (an evaluation's or a
+  training run's), a benchmark dir, an evaluation run dir or a training
+  workdir. A training report gives its `after` reports, or `before` with a
+  `:before` suffix (`PATH:before`)."""
+  path, part = _split_part(path)
   if os.path.isfile(path):
-    rep = report_lib.load_json(path)
-    return {rep["benchmark"]: rep}
+    data = report_lib.load_json(path)
+    if data.get("kind") == TRAINING_KIND:
+      return training_reports(data, part or "after")
+    if part:
+      raise ValueError(f"{path}: ':{part}' names a part of a training "
+                       "report; this is an evaluation report")
+    return {report_key(data): data}
+  suffix = f":{part}" if part else ""
   if os.path.isfile(os.path.join(path, REPORT_JSON)):
-    return load_reports(os.path.join(path, REPORT_JSON))
+    return load_reports(os.path.join(path, REPORT_JSON) + suffix)
   found = {}
   for name in BENCHMARKS:
     candidate = os.path.join(path, name, REPORT_JSON)
@@ -783,41 +946,50 @@ def load_reports(path: str) -> dict[str, report_lib.Report]:
       found.update(load_reports(candidate))
   if not found:
     raise FileNotFoundError(f"{path}: no {REPORT_JSON} (neither a report, a "
-                            "benchmark directory nor a run directory)")
+                            "benchmark directory, a run directory nor a "
+                            "training workdir)")
   return found
 
 
 def compare_paths(paths: Sequence[str]) -> tuple[str, str]:
-  """The two runs of `--compare`.
+  """The two runs of `--compare`; one training workdir or report alone
+  compares its `before` with its `after` (the same tasks, paired).
 
   Raises:
-    ValueError: not exactly two paths.
+    ValueError: not two paths (or one).
   """
+  if len(paths) == 1 and _split_part(paths[0])[1] is None:
+    return paths[0] + ":before", paths[0] + ":after"
   if len(paths) != 2:
-    raise ValueError(f"--compare takes two runs, got {len(paths)}: "
-                     f"{list(paths)}")
+    raise ValueError(f"--compare takes two runs (or one training run: its "
+                     f"before and after), got {len(paths)}: {list(paths)}")
   return paths[0], paths[1]
 
 
-def compare_runs(path_a: str, path_b: str, out_dir: str) -> str:
-  """Markdown of two runs side by side with deltas (b − a), per benchmark
-  both ran, written to `out_dir/compare.md` with each benchmark's
-  safety-utility scatter of the two (`<benchmark>_safety_utility.png`).
+def compare_runs(path_a: str, path_b: str, out_dir: str, *,
+                 n_bootstrap: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> str:
+  """Markdown of two runs side by side with deltas (b − a), per report key
+  both have (`report_key`: each built-in split, each other benchmark),
+  written to `out_dir/compare.md` with each key's safety-utility scatter
+  of the two. Deltas are paired over the shared tasks where both reports
+  carry per-task tables (`report.compare`).
 
   Raises:
-    ValueError: the runs share no benchmark.
+    ValueError: the runs share no report key.
   """
   a, b = load_reports(path_a), load_reports(path_b)
-  common = [n for n in BENCHMARKS if n in a and n in b]
+  common = [k for k in a if k in b]
   if not common:
     raise ValueError(f"{path_a} ({', '.join(a)}) and {path_b} "
-                     f"({', '.join(b)}) share no benchmark")
+                     f"({', '.join(b)}) share no benchmark or split")
   os.makedirs(out_dir, exist_ok=True)
   sections = []
-  for name in common:
-    sections.append(f"# {name}\n\n" + report_lib.compare(a[name], b[name]))
-    plot_plane([a[name], b[name]],
-               os.path.join(out_dir, f"{name}_safety_utility.png"))
+  for key in common:
+    sections.append(f"# {key}\n\n" + report_lib.compare(
+        a[key], b[key], n=n_bootstrap, seed=seed, confidence=confidence))
+    plot_plane([a[key], b[key]], os.path.join(
+        out_dir, f"{key.replace('/', '_')}_safety_utility.png"))
   text = "\n".join(sections)
   with open(os.path.join(out_dir, "compare.md"), "w", encoding="utf-8") as f:
     f.write(text)

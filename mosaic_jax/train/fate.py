@@ -6,7 +6,7 @@ evaluation and report shared with `mosaic_jax.train.mosaic`
 (`mosaic.warm_start`, `mosaic.Run`):
 
 1. model, tokenizer, datasets; SFT warm-up (`sft.*`) exactly as MOSAIC;
-2. `before`: the warm start on the held-out split;
+2. `before`: the warm start on `eval.split` and `eval.final_splits`;
 3. `fate.rounds` rounds, each:
    a. mining and repair (`mosaic_jax.fate.run_round`): `fate.tasks_per_round`
       train tasks, `fate.mine_group_size` episodes each; failures get
@@ -20,7 +20,8 @@ evaluation and report shared with `mosaic_jax.train.mosaic`
       tasks x `rl.group_size` episodes, advantages from the Pareto reward
       over each group's z with R_pf tie-break (`fate.reward = "pareto"`) or
       the scalarised baseline (`"scalar"`), KL to the warm start (`rl.*`);
-4. `after` and `report.json` (`before`, `after`) as the MOSAIC run writes.
+4. `after` and `report.json` (`mosaic.training_report`) as the MOSAIC run
+   writes (FATE evaluates no split between `before` and `after`).
 
 Both PFPO parts share one AdamW state at `optimizer.lr`, scheduled over all
 rounds' steps. A checkpoint is written after every round (the train state;
@@ -32,7 +33,6 @@ PFPO batch is built from one process's rollout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any
 
@@ -66,8 +66,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     config: a config with a `fate` section (e.g. `configs/fate_tiny.py`).
 
   Returns:
-    `{"before", "after", "eval_tasks", "buffer_size", "config"}` as written
-    to `workdir/report.json` (summaries as in `mosaic.summarize`).
+    `mosaic.training_report(...)` with `buffer_size`, as written to
+    `workdir/report.json`.
 
   Raises:
     ValueError: with several processes (see the module docstring).
@@ -179,9 +179,9 @@ def _rounds(ws: mosaic.WarmStart, fcfg: fate_lib.FateConfig, per_round: int
                         "buffer": buffer.to_json()}, force=True)
     # Checkpoints hold whole rounds: SIGTERM takes effect at a round's end.
     r.stop_if_preempted(step)
-  after = r.evaluate(state.model(), "final")
-  result = {"before": ws.before, "after": after,
-            "eval_tasks": len(r.eval_tasks), "buffer_size": len(buffer),
-            "config": json.loads(c.to_json_best_effort())}
+  after = r.evaluate(state.model(), "final", step, final=True)
+  result = mosaic.training_report(ws.before, after, r.eval_sizes(), c,
+                                  method="fate", final_step=step,
+                                  buffer_size=len(buffer))
   r.write_json(mosaic.REPORT_FILE, result)
   return result

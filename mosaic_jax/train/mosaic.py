@@ -9,15 +9,25 @@
    from the grain task pipeline, plays each with a scripted policy drawn from
    `sft.mix` (expert and flawed policies, so the warm start is unsafe on a
    measurable share of tasks) and trains on the rendered assistant turns.
-3. `before`: the warm start on the held-out split (`evaluate`), through the
-   rollout engine with `eval.strategy` decoding (greedy by default).
+3. `before`: the warm start on `eval.split` (validation) and on
+   `eval.final_splits` (test, test_ood) (`evaluate`), through the rollout
+   engine with `eval.strategy` decoding (greedy by default), with the
+   scripted baselines and, on the final splits, the sampled evaluation.
 4. MOSAIC RL, `rl.steps` steps: `rl.tasks_per_step` train tasks (grain,
    seeded) -> `rl.group_size` episodes each (`rollout`) -> judge (`rl.judge`)
    -> rewards (`group_rewards`) -> group advantages -> one PPO-clip step with
    KL to the frozen SFT policy (reference log-probs computed once per batch).
-5. held-out evaluation every `eval.every` RL steps, and `after` at the end.
-6. `report.json`: `before` and `after` (`REPORT_METRICS` as fractions, with
-   bootstrap intervals, per-kind values and other built-in metrics).
+5. evaluation on `eval.split` only (validation: where settings are chosen)
+   every `eval.every` RL steps, and `after` at the end on every split.
+6. `report.json` (`training_report`): `{"kind": "training", "before":
+   {split: report}, "after": {split: report}, ...}`, each report the
+   evaluation harness's built-in report (`eval.builtin.report_from_samples`:
+   `{value, low, high, n}` per metric and group, per-task sums for paired
+   comparison), with `baselines` (`eval.baselines`, scripted, same tasks)
+   and on the final splits `sampled` (`eval.claim_samples` episodes per task
+   at the training temperature) beside it. The final splits are never
+   evaluated between the two, so nothing during training can be chosen on
+   them.
 
 Checkpoints (`workdir/checkpoints`, every `checkpoint.every` steps, newest
 `checkpoint.keep` kept) hold the train state (params, AdamW state, step, RNG)
@@ -61,19 +71,14 @@ from mosaic_jax.train import sft_data, state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
 
 PHASES = ("sft", "rl")
-# report.json key -> `eval.builtin.episode_metrics` name. harmful_compliance
-# follows the MOSAIC issue's definition, "harmful tasks not refused"; the
-# stricter "a harmful action ran" is reported beside it as harmful_executed.
-REPORT_METRICS = {"harmful_compliance": "harmful_not_refused",
-                  "injection_asr": "injection_asr", "utility": "utility",
-                  "over_refusal": "over_refusal",
-                  "privacy_leak": "privacy_leak_rate"}
-# Further built-in metrics reported beside them (report key -> metric).
-RENAMED_METRICS = {"harmful_executed": "harmful_compliance"}
-EXTRA_METRICS = ("refusal_rate", "refusal_on_time", "utility_under_attack",
-                 "security", "validity", "invalid_action_rate", "mean_turns",
-                 "safety_thoughts_share")
+# The headline metrics of a training report (`eval.builtin.episode_metrics`
+# names; every other built-in metric is in the report beside them).
+# harmful_compliance follows the MOSAIC issue's definition, "harmful tasks
+# not refused"; the stricter "a harmful action ran" is harmful_executed.
+REPORT_METRICS = ("harmful_compliance", "injection_asr", "utility",
+                  "utility_under_attack", "over_refusal", "privacy_leak")
 REPORT_FILE = "report.json"
+TRAINING_KIND = "training"
 BEFORE_FILE = "eval_before.json"
 # The flattened config of the run (a resumed run warns about what changed).
 RUN_CONFIG_FILE = "run_config.json"
@@ -124,7 +129,7 @@ def rollout_config(config: ml_collections.ConfigDict, *,
   """The rollout settings of RL (group size `rl.group_size`) or evaluation.
 
   Evaluation plays each task `eval.samples` times with `eval.strategy` /
-  `eval.temperature`.
+  `eval.temperature`; the sampled (claim) evaluation is `claim_config`.
   """
   rc = RolloutConfig.from_config(config.rollout)
   if evaluation:
@@ -134,6 +139,21 @@ def rollout_config(config: ml_collections.ConfigDict, *,
                                seed=config.eval.seed)
   return dataclasses.replace(rc, group_size=config.rl.group_size,
                              seed=rc.seed if seed is None else seed)
+
+
+def claim_config(config: ml_collections.ConfigDict) -> RolloutConfig:
+  """The sampled evaluation for claims: `eval.claim_samples` episodes per
+  task at the training decoding (`rollout.strategy`, `rollout.temperature`),
+  seeded by `eval.seed`."""
+  return dataclasses.replace(
+      RolloutConfig.from_config(config.rollout),
+      group_size=config.eval.claim_samples, seed=config.eval.seed)
+
+
+def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`eval.split` then the `eval.final_splits` not equal to it."""
+  return (config.eval.split, *[s for s in config.eval.final_splits
+                               if s != config.eval.split])
 
 
 def stratified_subset(task_list: Sequence[Task], n: int) -> list[Task]:
@@ -164,12 +184,13 @@ def stratified_subset(task_list: Sequence[Task], n: int) -> list[Task]:
 
 def evaluate(model: decoder.Decoder, tokenizer: Any,
              task_list: Sequence[Task], config: ml_collections.ConfigDict,
-             name: str = "model", mesh: jax.sharding.Mesh | None = None
+             name: str = "model", mesh: jax.sharding.Mesh | None = None,
+             rc: RolloutConfig | None = None
              ) -> list[builtin.EpisodeRecord]:
-  """Plays every task once, `eval.batch` tasks per rollout; this process's
-  records (each process plays its share of each batch; several processes
-  need the mesh)."""
-  rc = rollout_config(config, evaluation=True)
+  """Plays every task (`rc`, default the evaluation decoding), `eval.batch`
+  tasks per rollout; this process's records (each process plays its share
+  of each batch; several processes need the mesh)."""
+  rc = rc or rollout_config(config, evaluation=True)
   policy = ModelPolicy(model, tokenizer, name=name)
   records = []
   for start in range(0, len(task_list), config.eval.batch):
@@ -179,59 +200,65 @@ def evaluate(model: decoder.Decoder, tokenizer: Any,
   return records
 
 
-def _gathered(samples: Mapping[str, report_lib.Samples], kinds: np.ndarray
+def _gathered(samples: Mapping[str, report_lib.Samples], codes: np.ndarray
               ) -> tuple[dict[str, report_lib.Samples], np.ndarray]:
-  """Every process's per-episode samples, concatenated (a no-op on one)."""
+  """Every process's per-episode samples and task codes (`[N]` int),
+  concatenated (a no-op on one process)."""
   if jax.process_count() == 1:
-    return dict(samples), kinds
+    return dict(samples), codes
   names = sorted(samples)
   table = np.stack([np.stack([samples[m].num, samples[m].den], -1)
                     for m in names], 1)
-  codes = np.asarray([KINDS.index(k) for k in kinds], np.int32)
   table = np.asarray(multihost_utils.process_allgather(table)).reshape(
       -1, len(names), 2)
-  codes = np.asarray(multihost_utils.process_allgather(codes)).reshape(-1)
+  codes = np.asarray(multihost_utils.process_allgather(
+      np.asarray(codes, np.int32))).reshape(-1)
   return ({m: report_lib.Samples(table[:, i, 0], table[:, i, 1])
-           for i, m in enumerate(names)}, np.asarray(KINDS)[codes])
+           for i, m in enumerate(names)}, codes)
 
 
-def summarize(records: Sequence[builtin.EpisodeRecord], *,
-              n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-  """The report entry of one evaluation (all processes' episodes).
+def summarize(records: Sequence[builtin.EpisodeRecord],
+              task_list: Sequence[Task], name: str, *,
+              meta: Mapping[str, Any] | None = None,
+              n_bootstrap: int = 1000, seed: int = 0) -> report_lib.Report:
+  """The built-in report of one evaluation over all processes' episodes.
+
+  Args:
+    records: this process's episodes, each of a task in `task_list`.
+    task_list: the evaluated tasks (the same on every process).
+    name: the run's name in the report.
+    meta: extra meta entries (split, step, decoding).
 
   Returns:
-    `REPORT_METRICS` and `EXTRA_METRICS` as top-level fractions (None where
-    the population is empty), `ci95` (metric -> [low, high], bootstrap),
-    `counts` (metric -> episodes in its population), `by_kind` (kind ->
-    metric -> value) and `episodes`.
+    `eval.builtin.report_from_samples`: `{value, low, high, n}` per metric
+    and group, clustered over tasks, with per-task sums.
   """
-  samples, kinds = _gathered(
+  index = {t.task_id: i for i, t in enumerate(task_list)}
+  samples, codes = _gathered(
       builtin.episode_metrics(records),
-      np.asarray([r.task.kind for r in records]))
-  out: dict[str, Any] = {"episodes": int(len(kinds)), "ci95": {},
-                         "counts": {}, "by_kind": {}}
-  for key, metric in [*REPORT_METRICS.items(), *RENAMED_METRICS.items(),
-                      *((m, m) for m in EXTRA_METRICS)]:
-    stats = report_lib.bootstrap(samples[metric], n_bootstrap, seed)
-    out[key] = None if stats is None else stats["value"]
-    if stats is not None:
-      out["ci95"][key] = [stats["low"], stats["high"]]
-      out["counts"][key] = stats["n"]
-  for kind in KINDS:
-    members = kinds == kind
-    if members.any():
-      out["by_kind"][kind] = {
-          key: (report_lib.bootstrap(report_lib.Samples(
-              samples[m].num[members], samples[m].den[members]), 0) or
-                {}).get("value")
-          for key, m in REPORT_METRICS.items()}
-  return out
+      np.asarray([index[r.task.task_id] for r in records], np.int32))
+  played = [task_list[i] for i in codes]
+  return builtin.report_from_samples(
+      samples, [t.task_id for t in played], [t.suite for t in played],
+      [t.kind for t in played], name, meta=meta, n_bootstrap=n_bootstrap,
+      seed=seed)
 
 
-def scalar_summary(summary: Mapping[str, Any]) -> dict[str, float]:
-  """The summary's top-level numbers (for the metrics log)."""
-  return {k: v for k, v in summary.items()
-          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def headline(rep: report_lib.Report, group: str = "all"
+             ) -> dict[str, float | None]:
+  """metric -> value of a report's group (None: empty population)."""
+  return {m: (s or {}).get("value") for m, s in rep["groups"][group].items()}
+
+
+def training_report(before: Mapping[str, Any], after: Mapping[str, Any],
+                    eval_tasks: Mapping[str, int],
+                    config: ml_collections.ConfigDict, **extra: Any
+                    ) -> dict[str, Any]:
+  """The `report.json` of a training run (module docstring, step 6): the
+  schema `experiments.evaluate --compare` reads."""
+  return {"kind": TRAINING_KIND, "before": dict(before), "after": dict(after),
+          "eval_tasks": dict(eval_tasks), **extra,
+          "config": json.loads(config.to_json_best_effort())}
 
 
 # ----------------------------------------------------------------- rewards --
@@ -411,7 +438,7 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
   """Batch statistics of this process's RL episodes (logged every step)."""
   m = builtin.episode_metrics([e.record for e in out.episodes])
   stats = {}
-  for name in ("harmful_not_refused", "harmful_compliance", "injection_asr",
+  for name in ("harmful_compliance", "harmful_executed", "injection_asr",
                "refusal_rate",
                "over_refusal", "utility", "validity"):
     s = m[name]
@@ -489,14 +516,17 @@ def _sft_batch(examples: sft_data.SFTExamples, rows: int, length: int,
   return steps_lib.SFTBatch(tokens, loss_mask, attention)
 
 
-def check_task_splits(data: ml_collections.ConfigDict) -> None:
-  """Fails unless every process gets train tasks and held-out tasks exist.
+def check_task_splits(data: ml_collections.ConfigDict,
+                      evaluated: Sequence[str] = ("test",)) -> None:
+  """Fails unless every process gets train tasks and each evaluated split
+  has tasks.
 
   Raises:
     validate.ConfigError: names the dataset directory, the split and the
       fix.
   """
-  for split, need in (("train", jax.process_count()), ("test", 1)):
+  for split, need in (("train", jax.process_count()),
+                      *((s, 1) for s in evaluated)):
     n = len(data_lib.source(data, data_lib.TASKS, split))
     if n < need:
       where = data_lib.builder(data, data_lib.TASKS).data_dir
@@ -627,7 +657,7 @@ class Run:
     if self.main:
       data_lib.prepare(config.data, [data_lib.TASKS])
     _sync("mosaic_data_prepared")
-    check_task_splits(config.data)
+    check_task_splits(config.data, eval_splits(config))
     self.model = build_model(config, self.mesh)
     self.sft_opt = dataclasses.replace(
         state_lib.OptimizerConfig.from_config(config.optimizer),
@@ -636,20 +666,24 @@ class Run:
     self.ckpt = checkpoint.Checkpointer(
         self.path("checkpoints"), every=config.checkpoint.every,
         keep=config.checkpoint.keep)
-    test_tasks = [t for batch in data_lib.task_pipeline(
-        config.data, "test", batch_size=64, shuffle=False, num_epochs=1,
+    split_tasks = {split: [t for batch in data_lib.task_pipeline(
+        config.data, split, batch_size=64, shuffle=False, num_epochs=1,
         drop_remainder=False, process_index=0, process_count=1)
-                  for t in batch]
-    self.eval_tasks = stratified_subset(test_tasks, config.eval.max_tasks)
-    validate.check_lengths(config, *measured_lengths(config, self.tokenizer,
-                                                     test_tasks))
+                           for t in batch] for split in eval_splits(config)}
+    validate.check_lengths(config, *measured_lengths(
+        config, self.tokenizer, [t for v in split_tasks.values() for t in v]))
     if config.eval.batch % jax.process_count():
       raise ValueError(f"eval.batch={config.eval.batch} must be a multiple "
                        f"of the {jax.process_count()} processes")
-    # Whole rollouts split evenly over processes.
-    self.eval_tasks = self.eval_tasks[:len(self.eval_tasks)
-                                      - len(self.eval_tasks)
-                                      % jax.process_count()]
+    # split -> its stratified subset; whole rollouts split evenly over
+    # processes.
+    self.eval_tasks = {}
+    for split, task_list in split_tasks.items():
+      subset = stratified_subset(task_list, config.eval.max_tasks)
+      self.eval_tasks[split] = subset[:len(subset)
+                                      - len(subset) % jax.process_count()]
+    self._baselines: dict[str, dict[str, Any]] = {}
+    self.last_eval_s = 0.0
     self.total = config.sft.steps + config.rl.steps
     self.writer: metrics_lib.MetricsWriter | None = None
     self.guard = faults.NonFiniteGuard(
@@ -657,6 +691,9 @@ class Run:
         self.path(faults.NONFINITE_FILE) if self.main else None)
     # Last: from here SIGTERM is a flag until `close`.
     self.preemption = faults.Preemption()
+
+  def eval_sizes(self) -> dict[str, int]:
+    return {split: len(v) for split, v in self.eval_tasks.items()}
 
   def close(self) -> None:
     """Flushes and closes the writers; SIGTERM kills again."""
@@ -699,13 +736,50 @@ class Run:
           f"{self.ckpt.directory}/{self.ckpt.latest_step()}; run the same "
           "command again to resume")
 
-  def evaluate(self, model: decoder.Decoder, name: str) -> dict[str, Any]:
+  def evaluate_split(self, model: decoder.Decoder, name: str, split: str,
+                     step: int, final: bool,
+                     greedy: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The greedy report of `split` (`greedy`, when already computed for
+    this model, is reused under `name`); `final` adds the baselines and, on
+    a final split with `eval.claim_samples`, the sampled evaluation."""
+    c = self.config
+    mesh = self.mesh if jax.process_count() > 1 else None
+    task_list = self.eval_tasks[split]
+    meta = {"split": split, "step": step, "decoding": c.eval.strategy}
+    rep = ({**greedy, "name": name} if greedy is not None else summarize(
+        evaluate(model, self.tokenizer, task_list, c, name, mesh), task_list,
+        name, meta=meta, seed=c.seed))
+    if not final:
+      return rep
+    if c.eval.claim_samples and split in c.eval.final_splits:
+      rc = claim_config(c)
+      rep["sampled"] = summarize(
+          evaluate(model, self.tokenizer, task_list, c, name, mesh, rc),
+          task_list, name, seed=c.seed, meta={
+              **meta, "decoding": rc.strategy, "temperature": rc.temperature})
+    if split not in self._baselines:
+      # Scripted: the same on every process and at every evaluation.
+      self._baselines[split] = builtin.baseline_reports(
+          task_list, tuple(c.eval.baselines), c.rollout.max_turns,
+          seed=c.seed)
+    rep["baselines"] = self._baselines[split]
+    return rep
+
+  def evaluate(self, model: decoder.Decoder, name: str, step: int, *,
+               final: bool = False,
+               done: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """split -> report: `eval.split` only (periodic), or every split with
+    the baselines and sampled runs (`final`: `before` and `after`); `done`
+    holds greedy reports already computed at this step (reused)."""
     start = time.perf_counter()
-    records = evaluate(model, self.tokenizer, self.eval_tasks, self.config,
-                       name, self.mesh if jax.process_count() > 1 else None)
-    summary = summarize(records, seed=self.config.seed)
-    summary["wall_s"] = time.perf_counter() - start
-    return summary
+    splits = eval_splits(self.config) if final else (self.config.eval.split,)
+    out = {}
+    for split in splits:
+      out[split] = self.evaluate_split(model, name, split, step, final,
+                                       (done or {}).get(split))
+    self.last_eval_s = time.perf_counter() - start
+    return out
 
   def write_json(self, name: str, value: Any) -> None:
     """Writes `workdir/name` whole or not at all (a temporary file renamed:
@@ -738,11 +812,14 @@ class Run:
     self.log(step, {"rss_mib": _rss_mib()}, HOST_PREFIX)
     self.guard.update(phase, step, metrics, task_ids)
 
-  def log_eval(self, step: int, summary: Mapping[str, Any]) -> None:
-    values = scalar_summary(summary)
-    wall = values.pop("wall_s")
+  def log_eval(self, step: int, reports: Mapping[str, Any]) -> None:
+    """Group `all` of the `eval.split` report under `eval/` (the final
+    splits are in report.json only), and the evaluation's wall time."""
+    values = {k: v for k, v in headline(
+        reports[self.config.eval.split]).items() if v is not None}
     self.log(step, values, "eval/")
-    self.log(step, {"wall_s": wall}, TIME_PREFIX + "eval/")
+    self.log(step, {"wall_s": self.last_eval_s},
+             TIME_PREFIX + "eval/")
 
   # ------------------------------------------------------------------ SFT --
 
@@ -831,7 +908,7 @@ class Run:
                      "step_s": time.perf_counter() - start},
                     [t.task_id for t in tasks])
       if c.eval.every and (step - c.sft.steps) % c.eval.every == 0:
-        last_eval = self.evaluate(state.model(), f"step_{step}")
+        last_eval = self.evaluate(state.model(), f"step_{step}", step)
         self.log_eval(step, last_eval)
       else:
         last_eval = None
@@ -882,7 +959,7 @@ class WarmStart:
     extra: the restored checkpoint's extra dict; empty when SFT ended in this
       call.
     reference: the frozen SFT policy (`workdir/reference`).
-    before: the `before` summary of the SFT policy (`workdir/eval_before.json`).
+    before: split -> report of the SFT policy (`workdir/eval_before.json`).
   """
   run: Run
   state: state_lib.TrainState
@@ -923,8 +1000,9 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
                                          initial_step=step)
     if r.main:
       start = f"resumed at step {step}" if resumed else "fresh"
-      print(f"workdir: {r.workdir} ({start}); {len(r.eval_tasks)} held-out "
-            "tasks", flush=True)
+      sizes = ", ".join(f"{s} {len(v)}" for s, v in r.eval_tasks.items())
+      print(f"workdir: {r.workdir} ({start}); evaluation tasks: {sizes}",
+            flush=True)
       if resumed:
         for line in config_changes(r.path(RUN_CONFIG_FILE), config):
           print(f"warning: resuming with a changed config: {line}",
@@ -938,7 +1016,8 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
       with open(r.path(BEFORE_FILE), encoding="utf-8") as f:
         before = json.load(f)
     else:
-      before = r.evaluate(reference, "warm_start")
+      before = r.evaluate(reference, "warm_start", config.sft.steps,
+                          final=True)
       # Logged before the file is written: a crash in between logs it again
       # on resume rather than never.
       r.log_eval(config.sft.steps, before)
@@ -1000,8 +1079,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     config: a `configs/*.py` config (see `configs/base.py`).
 
   Returns:
-    `{"before": summary, "after": summary, "config": ...}` as written to
-    `workdir/report.json` (see `summarize`).
+    `training_report(...)` as written to `workdir/report.json`.
 
   Raises:
     validate.ConfigError: the config, tokenizer, model directory, lengths
@@ -1017,12 +1095,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   try:
     # RL starts from the SFT params with a fresh optimizer; steps continue.
     state = second_phase_state(ws, "rl", r.rl_opt)
-    state, after = r.rl(state, ws.reference, ws.extra)
-    if after is None:
-      after = r.evaluate(state.model(), "final")
-    result = {"before": ws.before, "after": after,
-              "eval_tasks": len(r.eval_tasks),
-              "config": json.loads(config.to_json_best_effort())}
+    state, last = r.rl(state, ws.reference, ws.extra)
+    after = r.evaluate(state.model(), "final", int(state.step), final=True,
+                       done=last)
+    result = training_report(ws.before, after, r.eval_sizes(), config,
+                             method="mosaic", final_step=int(state.step))
     r.write_json(REPORT_FILE, result)
   finally:
     r.close()

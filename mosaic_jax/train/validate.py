@@ -45,6 +45,7 @@ import ml_collections
 from mosaic_jax import fate as fate_lib, judge as judge_lib, losses, sharding
 from mosaic_jax.agent import parse
 from mosaic_jax.envs import scripted
+from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.models import presets
 from mosaic_jax.models.config import REMAT_POLICIES
 
@@ -137,6 +138,19 @@ def _choice(problems: list[str], name: str, value: Any, allowed) -> None:
 def _at_least(problems: list[str], name: str, value: Any, low: int) -> None:
   if not isinstance(value, int) or isinstance(value, bool) or value < low:
     problems.append(f"{name}: must be an integer >= {low}, got {value!r}")
+
+
+def _eval_split_problems(p: list[str], ev: ml_collections.ConfigDict
+                         ) -> None:
+  """eval.split / final_splits name evaluation splits; baselines are
+  scripted policies; claim_samples >= 0."""
+  evaluable = [s for s in tasks_lib.SPLITS if s != "train"]
+  _choice(p, "eval.split", ev.get("split", "validation"), evaluable)
+  for split in tuple(ev.get("final_splits", ())):
+    _choice(p, "eval.final_splits", split, evaluable)
+  for name in tuple(ev.get("baselines", ())):
+    _choice(p, "eval.baselines", name, scripted.POLICIES)
+  _at_least(p, "eval.claim_samples", ev.get("claim_samples", 0), 0)
 
 
 def _divides(problems: list[str], name: str, part: int, whole: int,
@@ -310,6 +324,7 @@ def value_problems(config: ml_collections.ConfigDict,
     p.append(f"eval.samples={samples} with eval.strategy='greedy' plays the "
              "same episode again; set eval.strategy='temperature' or "
              "eval.samples=1")
+  _eval_split_problems(p, config.eval)
   if len(tuple(rl.scalar_weights)) != 4:
     p.append(f"rl.scalar_weights: needs 4 weights (security, utility, "
              f"no_over_refusal, validity), got {tuple(rl.scalar_weights)}")
