@@ -107,7 +107,12 @@ BAD_ACTIONS = [
 ]
 
 
-@pytest.mark.parametrize("action", BAD_ACTIONS, ids=repr)
+def _action_id(action):
+  # Stable across xdist workers: a repr may hold an object's address.
+  return f"{BAD_ACTIONS.index(action)}-{type(action).__name__}"
+
+
+@pytest.mark.parametrize("action", BAD_ACTIONS, ids=_action_id)
 def test_wrongly_typed_actions_are_invalid_in_step_and_verify(action):
   assert check_action(action) is not None
   task = tasks.get_task(DRIVE)
