@@ -131,7 +131,7 @@ def test_think_opened_restores_the_opening_tag():
     (call("refusal_tool", {"reason": "no", "extra": 1}),
      "refusal_tool takes exactly one argument, 'reason'"),
     ("<tool_call>" + "[" * 100000 + "</tool_call>",
-     "tool call JSON is nested too deeply"),
+     "tool call holds a value nested deeper than 32 levels"),
 ])
 def test_invalid_turns_have_exact_reasons(text, reason):
   turn = parse_turn(text, TOOLS)

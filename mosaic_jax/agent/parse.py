@@ -175,7 +175,10 @@ def _decode_call(inner: str) -> tuple[str, dict[str, Any]]:
   except json.JSONDecodeError as e:
     raise _Invalid(f"tool call is not valid JSON ({e.msg} at char {e.pos})")
   except RecursionError:
-    raise _Invalid("tool call JSON is nested too deeply")
+    # Far past the bound (how far depends on the caller's stack): the same
+    # reason as a value the bound check refuses.
+    raise _Invalid(f"tool call holds a value nested deeper than {MAX_DEPTH} "
+                   "levels")
   if inner[end:].strip():
     raise _Invalid("trailing text after the tool call JSON")
   # The call object wraps the arguments: they get the whole depth bound.
