@@ -286,7 +286,7 @@ def _sft_step(state: TrainState, batch: SFTBatch, *,
   n = _num_micro(batch.tokens.shape[0], cfg.microbatch)
 
   def loss_fn(params, mb: SFTBatch):
-    model = nnx.merge(state.graphdef, params)
+    model = state.merge(params)  # + frozen base weights with LoRA
     logp = model_logprobs(model, mb.tokens, mb.attention_mask, cfg.chunk_size)
     nll = losses.sft_nll(logp, mb.loss_mask, aggregation=cfg.aggregation,
                          seq_norm=cfg.seq_norm)
@@ -324,7 +324,7 @@ def _pg_step(state: TrainState, batch: PGBatch, *,
   n = _num_micro(batch.tokens.shape[0], cfg.microbatch)
 
   def loss_fn(params, mb: PGBatch):
-    model = nnx.merge(state.graphdef, params)
+    model = state.merge(params)  # + frozen base weights with LoRA
     logp = model_logprobs(model, mb.tokens, mb.attention_mask, cfg.chunk_size)
     loss = losses.policy_loss(
         logp, mb.old_logp, mb.ref_logp, mb.advantages, mb.loss_mask,
