@@ -31,10 +31,12 @@ restructuring the decoder; the adapter itself is a few lines.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 # Target -> (stacked base parameter, number of its input axes after layers).
@@ -127,8 +129,8 @@ def has_adapters(model: nnx.Module) -> bool:
 def apply(model: nnx.Module, cfg: LoRAConfig, *, seed: int = 0) -> nnx.Module:
   """Adds fresh adapters to a `Decoder`, in place (a no-op at rank 0).
 
-  A ~ N(0, 1 / fan_in) per layer (fan_in: the product of the input axes),
-  B = 0, both float32 whatever the base dtype (cast to the compute dtype in
+  A ~ N(0, 1 / fan_in) per layer (fan_in: the product of the input axes;
+  NumPy's generator seeded with `seed`), B = 0, both float32 whatever the base dtype (cast to the compute dtype in
   the forward pass). Works on abstract models too (`nnx.eval_shape`).
 
   Returns:
@@ -146,25 +148,41 @@ def apply(model: nnx.Module, cfg: LoRAConfig, *, seed: int = 0) -> nnx.Module:
   if has_adapters(model):
     raise ValueError("model already has LoRA adapters")
   blocks = model.blocks
-  key = jax.random.key(seed)
-  for i, target in enumerate(cfg.targets):
+  specs = []
+  for target in cfg.targets:
     base_name, n_in = TARGETS[target]
     base = getattr(blocks, base_name)
-    shape, axes = base.get_value().shape, base.get_metadata()["logical_axes"]
-    in_shape, out_shape = shape[1:1 + n_in], shape[1 + n_in:]
+    specs.append((base_name, n_in, tuple(base.get_value().shape),
+                  tuple(base.get_metadata()["logical_axes"])))
+  factors = _init_factors(seed, cfg.rank,
+                          tuple((shape, n_in) for _, n_in, shape, _ in specs))
+  for (base_name, n_in, _, axes), (a, b) in zip(specs, factors):
     a_name, b_name = factor_names(base_name)
-    fan_in = 1
-    for s in in_shape:
-      fan_in *= s
-    a = jax.random.normal(jax.random.fold_in(key, i),
-                          (shape[0], *in_shape, cfg.rank), jnp.float32)
     setattr(blocks, a_name, LoRAParam(
-        a * fan_in ** -0.5, logical_axes=(*axes[:1 + n_in], None)))
+        a, logical_axes=(*axes[:1 + n_in], None)))
     setattr(blocks, b_name, LoRAParam(
-        jnp.zeros((shape[0], cfg.rank, *out_shape), jnp.float32),
-        logical_axes=(axes[0], None, *axes[1 + n_in:])))
+        b, logical_axes=(axes[0], None, *axes[1 + n_in:])))
   setattr(blocks, SCALE_ATTR, cfg.scale)
   return model
+
+
+def _init_factors(seed: int, rank: int,
+                  bases: tuple[tuple[tuple[int, ...], int], ...]
+                  ) -> list[tuple[jax.Array, jax.Array]]:
+  """(A, B) per (base shape, input axes): A ~ N(0, 1 / fan_in), B = 0.
+
+  Drawn with NumPy on the host: the same values on every process (the
+  mesh placement then takes each device's slice), and no compile (jitted
+  `jax.random` took seconds per set of shapes on CPU).
+  """
+  rng = np.random.default_rng(seed)
+  out = []
+  for shape, n_in in bases:
+    in_shape, out_shape = shape[1:1 + n_in], shape[1 + n_in:]
+    a = rng.standard_normal((shape[0], *in_shape, rank), np.float32)
+    out.append((jnp.asarray(a * np.float32(math.prod(in_shape) ** -0.5)),
+                jnp.zeros((shape[0], rank, *out_shape), jnp.float32)))
+  return out
 
 
 def abstract_adapters(model_cfg: Any, cfg: LoRAConfig) -> nnx.State:
@@ -194,7 +212,11 @@ def merged(model: nnx.Module) -> nnx.Module:
 
 
 def merge(model: nnx.Module) -> nnx.Module:
-  """The adapters folded into the base weights, in place; adapters removed.
+  """The adapters folded into the base weights; adapters removed from `model`.
+
+  The model's modules are changed in place, its Variables are not (a merged
+  weight is a new Variable), so a train state `model` was merged from keeps
+  its values.
 
   The result is a plain `Decoder` (what `convert.save_pretrained` and
   `convert.save_orbax` write). Each merged weight keeps its base weight's
@@ -214,7 +236,9 @@ def merge(model: nnx.Module) -> nnx.Module:
                      out_shardings=getattr(w, "sharding", None))(
         w, getattr(blocks, a_name).get_value(),
         getattr(blocks, b_name).get_value(), scale)
-    base.set_value(merged)
+    # A new Variable, not set_value: modules built by nnx.merge share their
+    # Variables with the state they came from (a train state's, say).
+    setattr(blocks, base_name, base.replace(merged))
     delattr(blocks, a_name)
     delattr(blocks, b_name)
   delattr(blocks, SCALE_ATTR)
