@@ -130,8 +130,9 @@ def apply(model: nnx.Module, cfg: LoRAConfig, *, seed: int = 0) -> nnx.Module:
   """Adds fresh adapters to a `Decoder`, in place (a no-op at rank 0).
 
   A ~ N(0, 1 / fan_in) per layer (fan_in: the product of the input axes;
-  NumPy's generator seeded with `seed`), B = 0, both float32 whatever the base dtype (cast to the compute dtype in
-  the forward pass). Works on abstract models too (`nnx.eval_shape`).
+  NumPy's generator seeded with `seed`), B = 0, both float32 whatever the
+  base dtype (cast to the compute dtype in the forward pass). Works on
+  abstract models too (`nnx.eval_shape`).
 
   Returns:
     `model`, for chaining.
