@@ -20,6 +20,12 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       dtype="float32",     # parameter dtype
       compute_dtype="float32",
       remat="none",        # none | full | dots | dots_no_batch
+      # LoRA adapters (mosaic_jax.models.lora, docs/training.md): rank 0
+      # trains every weight; rank > 0 freezes the base and trains
+      # alpha/rank-scaled adapters on `targets` in SFT and RL.
+      lora=ml_collections.ConfigDict(dict(
+          rank=0, alpha=16.0,
+          targets=("q", "k", "v", "o", "gate", "up", "down"))),
   ))
   # Empty: the tokenizer stored beside model.path (or the tiny default).
   c.tokenizer = ""

@@ -236,7 +236,7 @@ def test_tempered_old_logprobs_make_the_ratio_on_policy(template, pg_batch):
 
   @functools.partial(jax.jit, static_argnums=2)
   def first_update_sums(params, batch, temperature):
-    loss_fn = steps.pg_loss_fn(template.graphdef, dataclasses.replace(
+    loss_fn = steps.pg_loss_fn(template.merge, dataclasses.replace(
         cfg, temperature=temperature))
     return loss_fn(params, batch)[1][1]
 

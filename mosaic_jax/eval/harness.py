@@ -164,9 +164,30 @@ def _training_model_config(step_dir: str, preset: str) -> ModelConfig:
       f"architecture ({', '.join(presets.PRESETS)})")
 
 
+def _holds_lora_adapters(state_dir: str) -> bool:
+  """Whether a training checkpoint's params are LoRA adapters (`model.lora`),
+  from its metadata's names (no array is read)."""
+  import orbax.checkpoint as ocp  # Heavy import, only needed here.
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      meta = ckptr.metadata(state_dir)
+  except Exception:  # pylint: disable=broad-except
+    return False  # The restore below reports a damaged checkpoint.
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  flat = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return any("_lora_" in jax.tree_util.keystr(path) for path, _ in flat)
+
+
 def _restore_training_params(step_dir: str, cfg: ModelConfig
                              ) -> decoder.Decoder:
   import orbax.checkpoint as ocp  # Heavy import, only needed here.
+  if _holds_lora_adapters(os.path.join(step_dir, "state")):
+    raise ValueError(
+        f"{step_dir}: a LoRA training checkpoint holds the adapters only "
+        "(model.lora); evaluate <workdir>/reference, or a model exported "
+        "with convert.save_pretrained (it merges the adapters)")
   graphdef, abstract = nnx.split(decoder.abstract_model(cfg))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from mosaic_jax import sharding as sharding_lib
 from mosaic_jax.models import decoder as decoder_lib
+from mosaic_jax.models import lora as lora_lib
 from mosaic_jax.models import safetensors_io
 from mosaic_jax.models.config import ModelConfig, ModelFileError, dtype_name
 
@@ -255,8 +256,10 @@ def save_pretrained(model: decoder_lib.Decoder, path: str, *,
 
   The directory is written under a temporary name and renamed into place, so
   a crash never leaves a half-written checkpoint. One HF tensor is
-  materialised on the host at a time.
+  materialised on the host at a time. LoRA adapters (`models.lora`) are
+  merged into the weights they adapt (`model` itself is left unchanged).
   """
+  model = lora_lib.merged(model)
   cfg = model.cfg
   views = _views(cfg)
   state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mosaic_jax import sharding
+from mosaic_jax.models import lora as lora_lib
 from mosaic_jax.models import rope as rope_lib
 from mosaic_jax.models.config import ModelConfig
 
@@ -165,7 +166,8 @@ class Blocks(nnx.Module):
       self.b_down_ld = _param(rngs, (l, d), ("layers", "embed"), pd, "zeros")
 
   def stacked(self) -> dict[str, jax.Array]:
-    """Name -> stacked array for every parameter (the scan's xs)."""
+    """Name -> stacked array for every parameter, LoRA factors included
+    (the scan's xs)."""
     return {name: value[...] for name, value in vars(self).items()
             if isinstance(value, nnx.Param)}
 
@@ -308,8 +310,28 @@ def _token_einsum(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
   return out.reshape(b, t, *out.shape[1:])
 
 
+def _project(p: dict[str, jax.Array], name: str, equation: str, x: jax.Array,
+             lora_scale: float | None) -> jax.Array:
+  """`x` times the weight `p[name]`, plus its LoRA update if `p` holds one.
+
+  Args:
+    p: one layer's parameters; name: the weight's key.
+    equation: the base einsum with x's [B, T] merged into "m".
+    x: [B, T, *in] in the compute dtype.
+    lora_scale: alpha / rank of the adapters (None: no adapters).
+  """
+  out = _token_einsum(equation, x, p[name].astype(x.dtype))
+  if lora_scale is None:
+    return out
+  a, b = lora_lib.factor_names(name)
+  if a not in p:
+    return out
+  return out + lora_lib.delta(x, p[a].astype(x.dtype), p[b].astype(x.dtype),
+                              lora_scale)
+
+
 def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
-           kv_write):
+           kv_write, lora_scale: float | None = None):
   """One pre-norm decoder block: x += attn(norm(x)); x += mlp(norm(x)).
 
   Args:
@@ -319,6 +341,7 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
     q_slot: [T] slots of the queries.
     kv_write: function (k_new, v_new) -> (k_all, v_all, k_valid) that merges
       this step's keys/values with the cache (or returns them alone).
+    lora_scale: alpha / rank when `p` holds LoRA factors (`models.lora`).
 
   Returns:
     (new x, (k_all, v_all)) -- the layer's full keys/values for the cache.
@@ -326,9 +349,9 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   dt = x.dtype
   w = lambda name: p[name].astype(dt)
   h = rms_norm(x, p["attn_norm_ld"], cfg.norm_eps)
-  q = _token_einsum("md,dnh->mnh", h, w("wq_ldnh"))
-  k = _token_einsum("md,dkh->mkh", h, w("wk_ldkh"))
-  v = _token_einsum("md,dkh->mkh", h, w("wv_ldkh"))
+  q = _project(p, "wq_ldnh", "md,dnh->mnh", h, lora_scale)
+  k = _project(p, "wk_ldkh", "md,dkh->mkh", h, lora_scale)
+  v = _project(p, "wv_ldkh", "md,dkh->mkh", h, lora_scale)
   if cfg.qkv_bias:
     q, k, v = q + w("bq_lnh"), k + w("bk_lkh"), v + w("bv_lkh")
   if cfg.qk_norm:
@@ -341,17 +364,17 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   v = sharding.constrain(v, kv_names)
   k_all, v_all, k_valid = kv_write(k, v)
   attn = _attention(cfg, q, k_all, v_all, q_slot, k_valid)
-  out = _token_einsum("mnh,nhd->md", attn, w("wo_lnhd"))
+  out = _project(p, "wo_lnhd", "mnh,nhd->md", attn, lora_scale)
   if cfg.o_bias:
     out = out + w("bo_ld")
   x = sharding.constrain(x + out, ("batch", "length", "embed"))
   h = rms_norm(x, p["mlp_norm_ld"], cfg.norm_eps)
-  gate = _token_einsum("md,df->mf", h, w("w_gate_ldf"))
-  up = _token_einsum("md,df->mf", h, w("w_up_ldf"))
+  gate = _project(p, "w_gate_ldf", "md,df->mf", h, lora_scale)
+  up = _project(p, "w_up_ldf", "md,df->mf", h, lora_scale)
   if cfg.mlp_bias:
     gate, up = gate + w("b_gate_lf"), up + w("b_up_lf")
   act = sharding.constrain(_swiglu(gate, up), ("batch", "length", "mlp"))
-  down = _token_einsum("mf,fd->md", act, w("w_down_lfd"))
+  down = _project(p, "w_down_lfd", "mf,fd->md", act, lora_scale)
   x = x + (down + w("b_down_ld") if cfg.mlp_bias else down)
   return sharding.constrain(x, ("batch", "length", "embed")), (k_all, v_all)
 
@@ -412,6 +435,7 @@ class Decoder(nnx.Module):
         # A pad before a row's first new token would otherwise sit at pos-1.
         positions = start + jnp.cumsum(mask, axis=1) - mask
     cos, sin = rope_lib.rope_tables(cfg, positions, cfg.jnp_dtype)
+    lora_scale = getattr(self.blocks, lora_lib.SCALE_ATTR, None)
     x = self.embed_vd[...].astype(cfg.jnp_dtype)[tokens]
     x = sharding.constrain(x, ("batch", "length", "embed"))
 
@@ -432,7 +456,8 @@ class Decoder(nnx.Module):
 
     def body(carry, layer):
       if cache is None:
-        return _block(cfg, layer, carry, cos, sin, q_slot, kv_write)[0], None
+        return _block(cfg, layer, carry, cos, sin, q_slot, kv_write,
+                      lora_scale)[0], None
       x, ck, cv = carry
       p, i = layer
       at = (i, 0, cache.index, 0, 0)
@@ -443,7 +468,7 @@ class Decoder(nnx.Module):
         written["v"] = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
         return (written["k"][i][:, :window], written["v"][i][:, :window],
                 k_valid[:, :window])
-      x = _block(cfg, p, x, cos, sin, q_slot, write)[0]
+      x = _block(cfg, p, x, cos, sin, q_slot, write, lora_scale)[0]
       return (x, written["k"], written["v"]), None
 
     if cfg.remat != "none":

@@ -64,6 +64,7 @@ from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.eval import builtin, report as report_lib
 from mosaic_jax.models import ModelConfig, convert, decoder, presets
+from mosaic_jax.models import lora as lora_lib
 from mosaic_jax.rollout import (EpisodeInfo, ModelPolicy, Rollout,
                                 RolloutConfig, prompt_ids, rollout)
 from mosaic_jax.train import checkpoint, faults, metrics as metrics_lib
@@ -95,7 +96,19 @@ HOST_PREFIX = "host/"
 
 def build_model(config: ml_collections.ConfigDict,
                 mesh: jax.sharding.Mesh | None = None) -> decoder.Decoder:
-  """`model.path` (orbax or HF safetensors), else the preset at random init."""
+  """`model.path` (orbax or HF safetensors), else the preset at random init;
+  with fresh LoRA adapters when `model.lora.rank` > 0."""
+  return lora_lib.apply(_build_base_model(config, mesh),
+                        lora_config(config), seed=config.seed)
+
+
+def lora_config(config: ml_collections.ConfigDict) -> lora_lib.LoRAConfig:
+  """`model.lora` (rank 0, i.e. full fine-tuning, when the section is absent)."""
+  return lora_lib.LoRAConfig.from_config(config.model.get("lora"))
+
+
+def _build_base_model(config: ml_collections.ConfigDict,
+                      mesh: jax.sharding.Mesh | None) -> decoder.Decoder:
   m = config.model
   if m.path:
     if os.path.isdir(os.path.join(m.path, convert.ORBAX_PARAMS)):
@@ -547,10 +560,15 @@ def check_checkpoint(config: ml_collections.ConfigDict, arch: ModelConfig,
   if not os.path.isdir(directory):
     return
   ckpt = checkpoint.Checkpointer(directory)
+  lora = lora_config(config)
+  # With LoRA a checkpoint holds the adapters only.
+  params = (lora_lib.abstract_adapters(arch, lora) if lora.enabled else
+            nnx.state(decoder.abstract_model(arch), nnx.Param))
   try:
-    ckpt.check_params(nnx.state(decoder.abstract_model(arch), nnx.Param),
+    ckpt.check_params(params,
                       f"model.preset={config.model.preset!r}, "
-                      f"model.path={config.model.path!r}")
+                      f"model.path={config.model.path!r}, "
+                      f"model.lora.rank={lora.rank}")
   finally:
     ckpt.close()
 
@@ -1037,7 +1055,9 @@ def _reference(r: Run, state: state_lib.TrainState) -> decoder.Decoder:
   final = r.path(REFERENCE_DIR)
   if os.path.isdir(final):
     return convert.load_orbax(final, mesh=r.mesh)
-  reference = copy_model(state.model())
+  # LoRA: the SFT adapters folded in, a plain model (the next phase trains
+  # fresh adapters on top of it).
+  reference = lora_lib.merge(copy_model(state.model()))
   tmp = final + ".tmp"
   if r.main:
     shutil.rmtree(tmp, ignore_errors=True)  # a crashed run's leftover
@@ -1060,12 +1080,22 @@ def second_phase_state(ws: WarmStart, phase: str,
   optimizer and key (seed + 1); the step counter continues from `sft.steps`.
   Resuming (the restored checkpoint is from `phase`): the restored state with
   `opt`'s update rule.
+
+  With LoRA the phase trains fresh adapters (seed + 1) on the merged SFT
+  model (the reference) as its frozen base; resuming restores the adapters
+  and takes the base from the reference again.
   """
   config = ws.run.config
+  lora = lora_config(config)
   if ws.extra.get("phase") == phase:
-    return ws.state.replace(tx=state_lib.make_optimizer(opt))
+    state = ws.state.replace(tx=state_lib.make_optimizer(opt))
+    if lora.enabled:
+      state = state.replace(
+          frozen=nnx.split(copy_model(ws.reference), nnx.Param)[1])
+    return state
+  model = lora_lib.apply(copy_model(ws.reference), lora, seed=config.seed + 1)
   state = state_lib.create_train_state(
-      copy_model(ws.reference), opt, seed=config.seed + 1, mesh=ws.run.mesh)
+      model, opt, seed=config.seed + 1, mesh=ws.run.mesh)
   # Placed like the fresh step counter: a differently placed input would
   # make the jitted step compile a second time.
   return state.replace(step=jax.device_put(

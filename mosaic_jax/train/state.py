@@ -9,6 +9,11 @@ With a mesh, params are placed by their `logical_axes` metadata
 (`sharding.shard_params`) and AdamW's moments take the params' shardings leaf
 for leaf (`sharding.opt_state_shardings`): the optimizer state is FSDP-sharded
 exactly like the weights it tracks.
+
+With LoRA adapters (`models.lora`), `params` are the adapters only: they are
+what the steps differentiate, the optimizer tracks and the checkpointer
+saves; the base weights are the state's `frozen` part, merged back in by
+`TrainState.merge` and never updated.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mosaic_jax import sharding
+from mosaic_jax.models import lora as lora_lib
 
 
 def from_section(cls: type, section: Mapping[str, Any] | Any) -> Any:
@@ -109,6 +115,9 @@ class TrainState:
     rng: `[2]` uint32 PRNG key (raw key data, so orbax saves it as an array).
     graphdef: the model's static structure (not a pytree leaf).
     tx: the optimizer (not a pytree leaf).
+    frozen: with LoRA, the base weights (`nnx.Param`s that are not
+      `LoRAParam`s): passed through every step, never optimized nor
+      checkpointed; None without LoRA (then `params` is the whole model).
   """
   step: jax.Array
   params: nnx.State
@@ -116,10 +125,17 @@ class TrainState:
   rng: jax.Array
   graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  frozen: nnx.State | None = None
+
+  def merge(self, params: nnx.State) -> nnx.Module:
+    """The model with `params` (as trained) and the frozen weights, if any."""
+    if self.frozen is None:
+      return nnx.merge(self.graphdef, params)
+    return nnx.merge(self.graphdef, params, self.frozen)
 
   def model(self) -> nnx.Module:
     """The model with the current params (a fresh module, outside jit)."""
-    return nnx.merge(self.graphdef, self.params)
+    return self.merge(self.params)
 
 
 def create_train_state(model: nnx.Module, cfg: OptimizerConfig, *,
@@ -129,7 +145,9 @@ def create_train_state(model: nnx.Module, cfg: OptimizerConfig, *,
   """A fresh train state around `model`'s current params.
 
   Args:
-    model: a `models.Decoder` (every variable must be an `nnx.Param`).
+    model: a `models.Decoder` (every variable must be an `nnx.Param`). If
+      it has LoRA adapters, only they are trained (`params`); the rest is
+      `frozen`.
     cfg: optimizer settings.
     seed: seed of the state's PRNG key (sampling, dropout of later steps).
     mesh: when given, params are moved onto it (in place, the model's too)
@@ -142,7 +160,11 @@ def create_train_state(model: nnx.Module, cfg: OptimizerConfig, *,
   tx = make_optimizer(cfg)
   if mesh is not None:
     sharding.shard_params(model, mesh, rules)
-  graphdef, params = nnx.split(model, nnx.Param)
+  frozen = None
+  if lora_lib.has_adapters(model):
+    graphdef, params, frozen = nnx.split(model, lora_lib.LoRAParam, nnx.Param)
+  else:
+    graphdef, params = nnx.split(model, nnx.Param)
   if mesh is None:
     opt_state = tx.init(params)
     replicated = None
@@ -156,4 +178,4 @@ def create_train_state(model: nnx.Module, cfg: OptimizerConfig, *,
   step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
   rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
   return TrainState(step=step, params=params, opt_state=opt_state, rng=rng,
-                    graphdef=graphdef, tx=tx)
+                    graphdef=graphdef, tx=tx, frozen=frozen)

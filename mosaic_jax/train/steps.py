@@ -310,8 +310,12 @@ def old_logprobs(state: TrainState, batch: PGBatch, cfg: PGConfig
   differs from the training forward by float noise. Recomputed, the ratio
   of the first update is exactly 1.
   """
+  if state.frozen is None:
+    graphdef, params = state.graphdef, state.params
+  else:  # LoRA: the adapters and the frozen base, as one model
+    graphdef, params = nnx.split(state.model(), nnx.Param)
   logp, ent = compute_logprobs(
-      state.graphdef, state.params, batch.tokens, batch.attention_mask,
+      graphdef, params, batch.tokens, batch.attention_mask,
       microbatch=cfg.microbatch, chunk_size=cfg.chunk_size,
       temperature=cfg.temperature, entropy=True)
   return batch._replace(old_logp=logp), _token_mean(ent, batch.loss_mask)
@@ -431,7 +435,7 @@ def _sft_step(state: TrainState, batch: SFTBatch, *, cfg: SFTConfig,
   n = _num_micro(batch.tokens.shape[0], cfg.microbatch)
 
   def loss_fn(params, mb: SFTBatch):
-    model = nnx.merge(state.graphdef, params)
+    model = state.merge(params)  # + frozen base weights with LoRA
     logp = model_logprobs(model, mb.tokens, mb.attention_mask, cfg.chunk_size)
     nll = losses.sft_nll(logp, mb.loss_mask, aggregation=cfg.aggregation,
                          seq_norm=cfg.seq_norm)
@@ -463,12 +467,14 @@ def make_sft_step(cfg: SFTConfig, schedule: optax.Schedule | None = None
 # Policy gradient.
 
 
-def pg_loss_fn(graphdef: nnx.GraphDef, cfg: PGConfig) -> MicroLoss:
+def pg_loss_fn(merge: Callable[[nnx.State], nnx.Module], cfg: PGConfig
+               ) -> MicroLoss:
   """The policy-gradient micro-batch loss `(params, mb) -> (total, (count,
-  token sums))` of `make_pg_step`; `graphdef` is the model's structure."""
+  token sums))` of `make_pg_step`; `merge(params)` builds the model
+  (`TrainState.merge`: the trained params plus any frozen base weights)."""
 
   def loss_fn(params, mb: PGBatch):
-    model = nnx.merge(graphdef, params)
+    model = merge(params)
     logp = model_logprobs(model, mb.tokens, mb.attention_mask, cfg.chunk_size,
                           cfg.temperature)
     return pg_objective(logp, mb, cfg)
@@ -564,7 +570,7 @@ def _pg_step(state: TrainState, batch: PGBatch, *, cfg: PGConfig,
   batch = shape_batch(batch, cfg)
   params, opt_state, per = ppo_updates(
       state.tx, state.params, state.opt_state, batch,
-      pg_loss_fn(state.graphdef, cfg), epochs=cfg.epochs,
+      pg_loss_fn(state.merge, cfg), epochs=cfg.epochs,
       minibatches=cfg.minibatches, microbatch=cfg.microbatch,
       schedule=schedule)
   new_state = state.replace(step=state.step + 1, params=params,

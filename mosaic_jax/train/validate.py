@@ -46,7 +46,7 @@ from mosaic_jax import fate as fate_lib, judge as judge_lib, losses, sharding
 from mosaic_jax.agent import parse
 from mosaic_jax.envs import scripted
 from mosaic_jax.envs import tasks as tasks_lib
-from mosaic_jax.models import presets
+from mosaic_jax.models import lora as lora_lib, presets
 from mosaic_jax.models.config import REMAT_POLICIES
 
 # Sections whose keys are data, not settings (policy name -> weight).
@@ -219,6 +219,32 @@ def start_problems(config: ml_collections.ConfigDict) -> list[str]:
   return p
 
 
+def lora_problems(lora: Mapping[str, Any] | None) -> list[str]:
+  """`model.lora`: a rank >= 0, a finite alpha > 0 and known, distinct,
+  non-empty targets (only checked when the rank turns LoRA on)."""
+  p: list[str] = []
+  if lora is None:
+    return p
+  _at_least(p, "model.lora.rank", lora.get("rank", 0), 0)
+  rank = lora.get("rank", 0)
+  if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+    return p
+  _finite(p, "model.lora.alpha", lora.get("alpha", 16.0), 0.0, strict=True)
+  targets = lora.get("targets", lora_lib.ALL_TARGETS)
+  if isinstance(targets, str) or not isinstance(targets, (tuple, list)):
+    p.append(f"model.lora.targets: must be a tuple of projection names "
+             f"({', '.join(lora_lib.TARGETS)}), got {targets!r}")
+    return p
+  unknown = [t for t in targets if t not in lora_lib.TARGETS]
+  if unknown:
+    p.append(f"model.lora.targets: unknown {', '.join(map(repr, unknown))}; "
+             f"choose from {', '.join(lora_lib.TARGETS)}")
+  elif not targets or len(set(targets)) != len(targets):
+    p.append(f"model.lora.targets: {tuple(targets)!r} must name at least "
+             "one projection, each once")
+  return p
+
+
 def value_problems(config: ml_collections.ConfigDict,
                    process_count: int | None = None) -> list[str]:
   """Settings that cannot work, whatever their types.
@@ -245,6 +271,7 @@ def value_problems(config: ml_collections.ConfigDict,
   _choice(p, "model.dtype", m.dtype, DTYPES)
   _choice(p, "model.compute_dtype", m.compute_dtype, DTYPES)
   _choice(p, "model.remat", m.remat, REMAT_POLICIES)
+  p += lora_problems(m.get("lora"))
   if config.tokenizer and not os.path.isdir(config.tokenizer):
     p.append(f"tokenizer: {config.tokenizer!r} is not a directory; set it "
              "to a tokenizer directory or '' (the one beside model.path)")
