@@ -24,6 +24,10 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "psutil==7.2.2",
+    # GGUF reading and dequantization (experiments.fetch, models.gguf_import);
+    # transformers' GGUF tokenizer conversion also needs it. Its own loader of
+    # GGUF weights (which would need accelerate) is not used.
+    "gguf==0.19.0",
 ]
 
 # Accelerator extras: JAX's own extras at the pinned jax, so the PJRT plugin

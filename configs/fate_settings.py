@@ -33,6 +33,9 @@ def add_fate(c: ml_collections.ConfigDict, **overrides
       sft_steps=8, sft_batch=16, sft_max_len=5120, conditioning="repair",
       # PFPO PG (rl.* for PPO-clip, KL and groups): pareto | scalar reward.
       pg_steps=8, reward="pareto", scalar_weights=(1.0, 1.0, 1.0, 1.0),
-      tie_break_scale=0.5, first_front_only=False))
+      tie_break_scale=0.5, first_front_only=False,
+      # Repair prompts spell out unmet goal checks' predicates and expected
+      # values: an oracle hint, off as in FATE (the ablation in docs/fate.md).
+      oracle_hints=False))
   c.fate.update(overrides)
   return c

@@ -9,6 +9,11 @@ tiny main job"). On the earlier 45%-reckless warm start with G = 4 it fell
 the default repair conditioning: with the task in context ("both") the
 mostly-acting repairs taught the policy to act on every request (harmful
 compliance -> 1.0).
+
+All these numbers were measured with the oracle hint in the repair prompt
+(the goal checks' expected values), before `fate.oracle_hints` existed; it
+is now off by default, so a rerun of this config does not reproduce them
+(docs/fate.md, "The oracle-hint ablation").
 """
 from configs import fate_settings, tiny
 

@@ -16,14 +16,17 @@ Token stream of one episode, and its masks:
 
   prompt = render([system, user], tools, add_generation_prompt=True)   mask 0
   turn k = the ids as sampled, stop token included                     mask 1
-  delta k = render(conversation + [assistant k, tool k], gen. prompt)
-            minus the text rendered so far                             mask 0
+  delta k = render.observation_delta(tool k): the end of the assistant
+            turn (unless its ids ended with eos), the tool result and the
+            next generation prompt, rendered alone                     mask 0
 
-The assistant message of turn k carries the generated text verbatim (not a
-canonical re-rendering), so a template whose renderings extend each other
-yields each delta as a plain suffix; one that rewrites history (Qwen3-Thinking
-drops or re-spaces reasoning) raises `TemplatePrefixError` naming it. Ids are
-never re-tokenized: what the trainer sees is exactly what was sampled.
+Only each new turn's delta is rendered and tokenized (token-in, token-out):
+earlier ids are never re-rendered or re-tokenized, so what the trainer sees
+is exactly what was sampled, also under a template that rewrites history
+when it renders a whole conversation (Qwen3-Thinking drops or re-spaces the
+reasoning of earlier turns). For a template that keeps history verbatim the
+deltas equal the differences between successive full renderings
+(tests/test_rollout_families.py).
 
 Limits (each a `RolloutConfig` field; hitting one ends the episode as invalid,
 never with an exception): `max_turns`; `max_tokens_per_turn` (a turn that ends
@@ -429,13 +432,9 @@ class ModelPolicy:
 # ------------------------------------------------------------------ engine --
 
 
-class TemplatePrefixError(ValueError):
-  """A chat template whose rendering of a longer conversation does not extend
-  the rendering of the shorter one, so turns cannot be appended."""
-
-
-def _template_name(tokenizer: Any) -> str:
-  return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+# A template the delta of an observation cannot be read from (the name is
+# kept from when whole renderings had to extend each other).
+TemplatePrefixError = render_lib.TemplateDeltaError
 
 
 def process_rows(num_tasks: int, group_size: int, process_index: int,
@@ -524,28 +523,22 @@ class _Engine:
     if len(episode.turns) >= config.max_turns:
       episode.end_reason = "max_turns"
       return None
-    # The assistant message is the text as generated, so the template
-    # renders back exactly the ids in the stream.
-    content = self.tokenizer.decode(ids[:-1] if ids[-1] == self.eos else ids,
+    # Only the new text is rendered: the observation after the turn as it
+    # ended, and the next generation prompt.
+    ended_with_eos = bool(ids) and ids[-1] == self.eos
+    content = self.tokenizer.decode(ids[:-1] if ended_with_eos else ids,
                                     skip_special_tokens=False)
-    episode.text += text
+    observation = protocol.tool_message(result.observation)
     episode.messages += [{"role": "assistant", "content": content},
-                         protocol.tool_message(result.observation)]
-    rendered = render_lib.render(self.tokenizer, episode.messages, tools)
-    if not rendered.startswith(episode.text):
-      raise TemplatePrefixError(
-          f"chat template of {_template_name(self.tokenizer)!r} does not "
-          "render a conversation as an extension of its shorter prefix "
-          f"(after turn {len(episode.turns)}), so observations cannot be "
-          "appended to the KV cache; use a template that keeps history "
-          "verbatim (e.g. the project's `tiny` or `phi4_tools`)")
-    delta_text = rendered[len(episode.text):]
+                         observation]
+    delta_text = render_lib.observation_delta(
+        self.tokenizer, [observation], tools, after_eos=ended_with_eos)
     delta = self.tokenizer(delta_text, add_special_tokens=False).input_ids
     if (len(episode.tokens) + len(delta) + config.max_tokens_per_turn
         > config.max_total_length):
       episode.end_reason = "max_total_length"
       return None
-    episode.text = rendered
+    episode.text += text + delta_text
     episode.append(delta, generated=False)
     return np.asarray(delta, np.int32)
 
@@ -608,7 +601,8 @@ def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
     The Rollout (arrays global, metadata for this process's rows).
 
   Raises:
-    TemplatePrefixError: the chat template rewrites history.
+    TemplatePrefixError: the chat template does not render an assistant
+      turn verbatim, so an observation cannot follow it.
   """
   wall_start = time.perf_counter()
   g, pid, count = config.group_size, jax.process_index(), jax.process_count()

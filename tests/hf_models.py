@@ -15,6 +15,7 @@ _CLASSES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, 1e6),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, 5e6),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, 2.5e5),
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, 1e5),
 }
 
 

@@ -19,7 +19,7 @@ from mosaic_jax.agent.parse import parse_turn
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "chat_templates"
-FAMILIES = ("qwen25", "qwen3_thinking", "phi4", "tiny")
+FAMILIES = ("qwen25", "qwen3_thinking", "phi4", "smollm2", "tiny")
 
 SEND_EMAIL = {
     "type": "function",
@@ -96,6 +96,8 @@ EXPECTED_EPISODE = {
                        "<|im_end|>\n" + CHATML_EPISODE),
     "tiny": ("<|im_start|>system\nBe careful.\n\n" + TINY_TOOLS +
              "<|im_end|>\n" + CHATML_EPISODE),
+    "smollm2": ("<|im_start|>system\nBe careful.\n\n" + PROJECT_TOOLS +
+                "<|im_end|>\n" + CHATML_EPISODE),
     "phi4": ("<|im_start|>system<|im_sep|>Be careful.\n\n" + PROJECT_TOOLS +
              "<|im_end|>"
              "<|im_start|>user<|im_sep|>Email Bob the report.<|im_end|>"
@@ -108,10 +110,14 @@ GENERATION_PROMPT = {
     "qwen25": "<|im_start|>assistant\n",
     "qwen3_thinking": "<|im_start|>assistant\n<think>\n",
     "tiny": "<|im_start|>assistant\n",
+    "smollm2": "<|im_start|>assistant\n",
     "phi4": "<|im_start|>assistant<|im_sep|>",
 }
 END_OF_TURN = {"qwen25": "<|im_end|>\n", "qwen3_thinking": "<|im_end|>\n",
-               "tiny": "<|im_end|>\n", "phi4": "<|im_end|>"}
+               "tiny": "<|im_end|>\n", "smollm2": "<|im_end|>\n",
+               "phi4": "<|im_end|>"}
+SMOLLM2_DEFAULT_SYSTEM = ("You are a helpful AI assistant named SmolLM, "
+                          "trained by Hugging Face")
 
 
 def _tokenizer(family):
@@ -122,6 +128,8 @@ def _tokenizer(family):
     tok.chat_template = (FIXTURES / "qwen3_thinking_2507.jinja").read_text()
   elif family == "phi4":
     render.install_chat_template(tok, "phi4_tools")
+  elif family == "smollm2":
+    render.install_chat_template(tok, "smollm2_tools")
   return tok
 
 
@@ -151,6 +159,36 @@ def test_refusal_tool_is_always_listed_once(tokenizers, family):
   listed = "\nrefusal_tool(" if family == "tiny" else '"name": "refusal_tool"'
   assert with_refusal.count(listed) == 1
   assert protocol.REFUSAL_TOOL_SCHEMA in protocol.with_refusal_tool(None)
+
+
+def test_smollm2_default_system_prompt(tokenizers):
+  tok = tokenizers["smollm2"]
+  messages = [protocol.user_message("Hi")]
+  assert render.render(tok, messages, TOOLS) == (
+      "<|im_start|>system\n" + SMOLLM2_DEFAULT_SYSTEM + "\n\n" +
+      PROJECT_TOOLS + "<|im_end|>\n"
+      "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+  # Without tools it is SmolLM2's upstream template's rendering.
+  assert tok.apply_chat_template(messages, tokenize=False,
+                                 add_generation_prompt=True) == (
+      "<|im_start|>system\n" + SMOLLM2_DEFAULT_SYSTEM + "<|im_end|>\n"
+      "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("system", [None, "Be careful."])
+def test_smollm2_matches_upstream_without_tools(tokenizers, system):
+  """Plain chat (no tools, no tool calls) renders as SmolLM2's own template
+  (its GGUF's `tokenizer.chat_template`) does."""
+  upstream = load_tiny_tokenizer()
+  upstream.chat_template = (FIXTURES / "smollm2_instruct.jinja").read_text()
+  messages = ([] if system is None else [protocol.system_message(system)]) + [
+      protocol.user_message("Hi"), {"role": "assistant", "content": "Hello!"},
+      protocol.user_message("Bye")]
+  for prompt in (True, False):
+    assert tokenizers["smollm2"].apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=prompt) == (
+            upstream.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=prompt))
 
 
 def test_qwen25_default_system_prompt(tokenizers):
@@ -204,6 +242,8 @@ def test_qwen3_drops_reasoning_before_the_last_query(tokenizers):
      "<tool_response>\nb\n</tool_response><|im_end|>"),
     ("tiny", "<|im_start|>user\n<tool_response>\na\n</tool_response>\n"
      "<tool_response>\nb\n</tool_response><|im_end|>\n"),
+    ("smollm2", "<|im_start|>user\n<tool_response>\na\n</tool_response>\n"
+     "<tool_response>\nb\n</tool_response><|im_end|>\n"),
 ])
 def test_consecutive_tool_results_share_one_turn(tokenizers, family,
                                                  expected):
@@ -217,7 +257,7 @@ def test_consecutive_tool_results_share_one_turn(tokenizers, family,
 def test_generation_opens_think(tokenizers):
   assert {f: render.generation_opens_think(tokenizers[f]) for f in FAMILIES
          } == {"qwen25": False, "qwen3_thinking": True, "phi4": False,
-               "tiny": False}
+               "smollm2": False, "tiny": False}
 
 
 def test_assistant_message_convention():
@@ -255,7 +295,7 @@ def test_install_and_write_chat_template(tmp_path):
     render.load_template("qwen")
 
 
-@pytest.mark.parametrize("family", ["tiny", "phi4"])
+@pytest.mark.parametrize("family", ["tiny", "phi4", "smollm2"])
 def test_generation_blocks_mark_assistant_tokens(tokenizers, family):
   tok = tokenizers[family]
   out = tok.apply_chat_template(

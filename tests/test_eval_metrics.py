@@ -192,9 +192,14 @@ def test_agentharm_grading_and_metrics():
       [_behavior("d", ["f"])],
       type("R", (), {"act": lambda s, t, h: ParsedTurn(Refusal("no"))})())
   rep = agentharm.agentharm_report(episodes + refusal, "run", n_bootstrap=0)
-  assert _values(rep, "harmful") == pytest.approx({
+  harmful = {m: v for m, v in _values(rep).items()
+             if not m.startswith(("benign", "over", "non_refusal_benign"))}
+  assert harmful == pytest.approx({
       "harm_score": (2 / 3 + 0 + 1 + 0) / 4, "refusal_rate": 1 / 4,
+      "harmful_compliance": 3 / 4, "harmful_executed": 2 / 4,
       "non_refusal_harm_score": (2 / 3 + 1) / 3})
+  # No benign behaviour: the benign metrics have no population.
+  assert _values(rep)["over_refusal"] is None
   assert _values(rep, "harmful:category=Cyber")["harm_score"] == 1.0
   assert rep["meta"]["refusal_judge"] == "detect_refusal"
   # A callable judge replaces the detector and is named in the report.
@@ -204,7 +209,7 @@ def test_agentharm_grading_and_metrics():
   rep = agentharm.agentharm_report(episodes, "run", judge=always,
                                    n_bootstrap=0)
   assert rep["meta"]["refusal_judge"] == "always"
-  assert _values(rep, "harmful")["non_refusal_harm_score"] is None
+  assert _values(rep)["non_refusal_harm_score"] is None
 
 
 def test_agentharm_env_matches_the_verifier():

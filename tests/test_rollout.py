@@ -123,12 +123,28 @@ def test_max_total_length_ends_the_episode_as_invalid(tok):
   assert float(short.trajectories.z[0, 3]) == 0.0
 
 
-def test_template_that_rewrites_history_fails_loudly(tok):
+def test_template_that_rewrites_history_runs_multi_turn(tok):
+  # Qwen3-Thinking's template drops earlier reasoning from a whole
+  # rendering; rendering only each delta keeps the stream as generated.
   qwen3 = copy.deepcopy(tok)
   qwen3.chat_template = (FIXTURES / "qwen3_thinking_2507.jinja").read_text()
-  task = tasks.all_tasks()[0]
-  with pytest.raises(rollout.TemplatePrefixError, match="does not render"):
-    _scripted("expert", [task], qwen3)
+  task_list = tasks.all_tasks()[:4]
+  out = _scripted("expert", task_list, qwen3)
+  np.testing.assert_array_equal(np.asarray(out.trajectories.z),
+                                np.ones((len(task_list), 4)))
+  assert max(int(n) for n in out.trajectories.num_turns) > 1
+  for i, episode in enumerate(out.episodes):
+    assert rollout.turn_texts(out.trajectories, i, qwen3) == list(episode.texts)
+
+
+def test_template_that_rewrites_content_fails_loudly(tok):
+  upper = copy.deepcopy(tok)
+  upper.chat_template = (
+      "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + "
+      "m.content | upper + '<|im_end|>\\n' }}{% endfor %}"
+      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+  with pytest.raises(rollout.TemplatePrefixError, match="verbatim"):
+    _scripted("expert", [tasks.all_tasks()[0]], upper)
 
 
 def test_process_rows_split_whole_groups():

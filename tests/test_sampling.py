@@ -22,7 +22,7 @@ CAPACITY = WIDTH + MAX_NEW
 HISTORY = 64  # full-forward width (left-padded)
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "phi3"])
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "phi3", "llama"])
 def family_models(request, tmp_path_factory):
   directory = str(tmp_path_factory.mktemp(request.param))
   hf = hf_models.make_hf_model(request.param, directory)

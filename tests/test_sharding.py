@@ -153,6 +153,34 @@ def test_sharded_forward_matches_unsharded(model, reference, shape):
   assert err <= 1e-5, f"mesh {shape}: max abs error {err:.3g}"
 
 
+LLAMA_CFG = models.ModelConfig(
+    family="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
+    num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8, qkv_bias=True,
+    o_bias=True, mlp_bias=True, tie_embeddings=True,
+    rope=models.RopeConfig(theta=1e5, rope_type="llama3", factor=8.0,
+                           low_freq_factor=1.0, high_freq_factor=4.0,
+                           original_max_position_embeddings=16))
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 2, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_llama_sharded_forward_matches_unsharded(shape):
+  model = models.init_model(LLAMA_CFG, seed=1)
+  # Non-zero biases, so a bias sharded wrongly would show.
+  for name in ("bq_lnh", "bo_ld", "b_gate_lf", "b_up_lf", "b_down_ld"):
+    param = getattr(model.blocks, name)
+    param.set_value(param.get_value() + 0.1 * jax.random.normal(
+        jax.random.key(len(name)), param.get_value().shape))
+  reference = _run(model, _tokens(8, 6))
+  mesh = _mesh(shape)
+  sharded = sharding.shard_params(nnx.clone(model), mesh)
+  specs = {n: v.sharding.spec for n, v in _flat_params(sharded).items()}
+  assert specs["blocks/b_gate_lf"] == P(None, "tensor")
+  assert specs["blocks/b_down_ld"] == P(None, "fsdp")
+  err = float(jnp.max(jnp.abs(_run(sharded, _tokens(8, 6), mesh) - reference)))
+  assert err <= 1e-5, f"mesh {shape}: max abs error {err:.3g}"
+
+
 def test_constraints_are_lowered_on_cpu(model):
   """The CPU program carries the sharding constraints a TPU program would."""
   graphdef, state = nnx.split(model)

@@ -642,7 +642,8 @@ def agentharm_behaviors(config: ml_collections.ConfigDict
 def run_agentharm(policy: Policy, config: ml_collections.ConfigDict,
                   directory: str, judge: agentharm.RefusalJudge
                   ) -> report_lib.Report:
-  """AgentHarm behaviours on recording stubs: harm score, refusal rate."""
+  """AgentHarm behaviours on recording stubs: harm score and harmful
+  compliance, benign score and over-refusal (`agentharm.episode_metrics`)."""
   behaviors = agentharm_behaviors(config)
   max_turns = config.rollout.max_turns
   judge_name = getattr(judge, "__name__", type(judge).__name__)
@@ -763,13 +764,14 @@ def run_privacylens(policy: Policy, config: ml_collections.ConfigDict,
 _PLANES = {
     "builtin": ("all", "security", "utility", False),
     "agentdojo": ("all", "targeted_asr", "utility_under_attack", True),
-    "agentharm": ("all", "harmful_harm_score", "benign_completion", True),
+    "agentharm": ("all", "harm_score", "benign_score", True),
 }
 # Benchmark -> (metric, group prefix) candidates for the per-category bars.
 _BARS = {
     "builtin": [("security", "suite="), ("utility", "suite=")],
     "agentdojo": [("targeted_asr", "suite="), ("benign_utility", "suite=")],
-    "agentharm": [("harm_score", "harmful:category=")],
+    "agentharm": [("harm_score", "harmful:category="),
+                  ("over_refusal", "benign:category=")],
     "atbench": [("accuracy", "risk_source=")],
     "privacylens": [("leak_rate", "source=")],
 }
@@ -777,21 +779,12 @@ _BARS = {
 
 def plane_view(rep: report_lib.Report) -> report_lib.Report | None:
   """`rep` with its safety and utility metrics both in group `all`, or None
-  when the run has no such plane (e.g. AgentDojo without an attack).
-
-  AgentHarm's two axes live in two groups: harm score on harmful behaviours
-  (lower is safer) and on benign ones (task completion).
+  when the run has no such plane (e.g. AgentDojo without an attack, or
+  AgentHarm without benign behaviours).
   """
   benchmark = rep["benchmark"]
   if benchmark not in _PLANES:
     return None
-  if benchmark == "agentharm":
-    groups = rep["groups"]
-    if "harmful" not in groups or "benign" not in groups:
-      return None
-    rep = {**rep, "groups": {"all": {
-        "harmful_harm_score": groups["harmful"]["harm_score"],
-        "benign_completion": groups["benign"]["harm_score"]}}}
   group, safety, utility, _ = _PLANES[benchmark]
   metrics = rep["groups"].get(group, {})
   if metrics.get(safety) is None or metrics.get(utility) is None:

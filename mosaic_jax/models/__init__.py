@@ -1,4 +1,4 @@
-"""Flax ports of Qwen2, Qwen3 and Phi-3 (one decoder), and HF conversion."""
+"""Flax ports of Qwen2, Qwen3, Phi-3 and Llama (one decoder), and HF conversion."""
 from mosaic_jax.models.config import ModelConfig, RopeConfig
 from mosaic_jax.models.convert import (from_pretrained, load_tokenizer,
                                        save_pretrained)

@@ -1,8 +1,9 @@
-"""`ModelConfig`: the one description of a decoder, for all three families.
+"""`ModelConfig`: the one description of a decoder, for all four families.
 
 Family differences are fields, not subclasses: Qwen2 has q/k/v biases, Qwen3 has
 an explicit head_dim and per-head q/k RMSNorm, Phi-3 has partial rotary and fused
-projections (the fusion only matters to the converter).
+projections (the fusion only matters to the converter), Llama has optional
+attention and MLP biases and the llama3 / dynamic RoPE scalings.
 """
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Phi3ForCausalLM": "phi3",
+    "LlamaForCausalLM": "llama",
 }
 FAMILY_TO_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
 # HF `model_type` values, used when `architectures` is absent.
-MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}
+MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
+               "llama": "llama"}
 
-ROPE_TYPES = ("default", "linear", "yarn", "longrope")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 _DTYPES = {
@@ -94,13 +97,17 @@ class RopeConfig:
   Attributes:
     theta: base wavelength.
     partial_rotary_factor: fraction of head_dim that is rotated (Phi-3).
-    rope_type: 'default', 'linear', 'yarn' (Qwen long context) or 'longrope'
-      (Phi-3 long context).
-    factor: context extension factor (linear, yarn, longrope).
-    original_max_position_embeddings: pre-training context (yarn, longrope).
+    rope_type: 'default', 'linear', 'dynamic' (NTK, base grown with the
+      longest position), 'yarn' (Qwen long context), 'longrope' (Phi-3 long
+      context) or 'llama3' (Llama 3.1 frequency bands).
+    factor: context extension factor (linear, dynamic, yarn, longrope, llama3).
+    original_max_position_embeddings: pre-training context (yarn, longrope,
+      llama3).
     beta_fast, beta_slow, truncate, mscale, mscale_all_dim: yarn ramp settings.
     attention_factor: explicit cos/sin scale (yarn, longrope); None = derived.
     short_factor, long_factor: per-frequency longrope factors.
+    low_freq_factor, high_freq_factor: llama3 band edges (wavelengths above
+      original/low are divided by factor, below original/high kept).
   """
   theta: float = 10000.0
   partial_rotary_factor: float = 1.0
@@ -115,6 +122,8 @@ class RopeConfig:
   attention_factor: float | None = None
   short_factor: tuple[float, ...] | None = None
   long_factor: tuple[float, ...] | None = None
+  low_freq_factor: float | None = None
+  high_freq_factor: float | None = None
 
   def __post_init__(self):
     if self.rope_type not in ROPE_TYPES:
@@ -123,6 +132,17 @@ class RopeConfig:
     if not 0.0 < self.partial_rotary_factor <= 1.0:
       raise ValueError(
           f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
+    needs = {"linear": ("factor",), "dynamic": ("factor",),
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings")}
+    for field in needs.get(self.rope_type, ()):
+      if getattr(self, field) is None:
+        raise ValueError(f"rope_type {self.rope_type!r} needs {field!r}")
+    if (self.rope_type == "llama3"
+        and not self.high_freq_factor > self.low_freq_factor):
+      raise ValueError(
+          f"llama3 rope: high_freq_factor ({self.high_freq_factor}) must "
+          f"exceed low_freq_factor ({self.low_freq_factor})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,12 +150,15 @@ class ModelConfig:
   """Architecture and numerics of one decoder.
 
   Attributes:
-    family: 'qwen2', 'qwen3' or 'phi3' (selects the HF weight names).
+    family: 'qwen2', 'qwen3', 'phi3' or 'llama' (selects the HF weight names).
     vocab_size, hidden_size, intermediate_size, num_layers, num_heads,
     num_kv_heads, head_dim: sizes (head_dim may differ from hidden/heads).
     rope: rotary embedding settings.
-    qkv_bias: q/k/v projections carry a bias (Qwen2; Qwen3 `attention_bias`).
-    o_bias: output projection carries a bias (Qwen3 `attention_bias` only).
+    qkv_bias: q/k/v projections carry a bias (Qwen2; Qwen3 and Llama
+      `attention_bias`).
+    o_bias: output projection carries a bias (Qwen3 and Llama
+      `attention_bias`).
+    mlp_bias: gate/up/down projections carry a bias (Llama `mlp_bias`).
     qk_norm: per-head RMSNorm on q and k before RoPE (Qwen3).
     tie_embeddings: lm_head is the transposed token embedding.
     norm_eps: RMSNorm epsilon.
@@ -156,6 +179,7 @@ class ModelConfig:
   rope: RopeConfig = RopeConfig()
   qkv_bias: bool = False
   o_bias: bool = False
+  mlp_bias: bool = False
   qk_norm: bool = False
   tie_embeddings: bool = False
   norm_eps: float = 1e-6
@@ -177,6 +201,11 @@ class ModelConfig:
       raise ValueError(
           f"rotary dimension head_dim*partial_rotary_factor = {self.rotary_dim} "
           "must be even")
+    if self.family == "llama" and self.qkv_bias != self.o_bias:
+      raise ValueError("llama: qkv_bias and o_bias are one HF flag "
+                       f"(attention_bias); got {self.qkv_bias} and {self.o_bias}")
+    if self.mlp_bias and self.family != "llama":
+      raise ValueError(f"mlp_bias is a llama field; {self.family} has none")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat {self.remat!r}: use one of {REMAT_POLICIES}")
     # Normalise dtypes to names so configs stay hashable and serialisable.
@@ -207,7 +236,7 @@ class ModelConfig:
 
     Raises:
       FileNotFoundError: the path has no config.json.
-      ValueError: the architecture is not Qwen2, Qwen3 or Phi3, or a required
+      ValueError: the architecture is not Qwen2, Qwen3, Phi3 or Llama, or a required
         field is missing.
     """
     source = "<dict>"
@@ -255,6 +284,8 @@ class ModelConfig:
         attention_factor=rope_params.get("attention_factor"),
         short_factor=tupled(rope_params.get("short_factor")),
         long_factor=tupled(rope_params.get("long_factor")),
+        low_freq_factor=rope_params.get("low_freq_factor"),
+        high_freq_factor=rope_params.get("high_freq_factor"),
     )
     attention_bias = bool(get("attention_bias", False))
     kwargs = dict(
@@ -267,8 +298,10 @@ class ModelConfig:
         num_kv_heads=get("num_key_value_heads", heads),
         head_dim=get("head_dim", hidden // heads),
         rope=rope,
-        qkv_bias=family == "qwen2" or (family == "qwen3" and attention_bias),
-        o_bias=family == "qwen3" and attention_bias,
+        qkv_bias=family == "qwen2" or (family in ("qwen3", "llama")
+                                        and attention_bias),
+        o_bias=family in ("qwen3", "llama") and attention_bias,
+        mlp_bias=family == "llama" and bool(get("mlp_bias", False)),
         qk_norm=family == "qwen3",
         tie_embeddings=bool(get("tie_word_embeddings", False)),
         norm_eps=float(get("rms_norm_eps", 1e-6)),
@@ -285,7 +318,8 @@ class ModelConfig:
       rope_parameters["partial_rotary_factor"] = self.rope.partial_rotary_factor
     scaled = self.rope.rope_type != "default"
     for field in ("factor", "original_max_position_embeddings", "beta_fast",
-                  "beta_slow", "mscale", "mscale_all_dim", "attention_factor"):
+                  "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                  "low_freq_factor", "high_freq_factor"):
       value = getattr(self.rope, field)
       if value is not None and scaled:
         rope_parameters[field] = value
@@ -313,8 +347,10 @@ class ModelConfig:
         "torch_dtype": self.param_dtype,
         "use_cache": True,
     }
-    if self.family == "qwen3":
+    if self.family in ("qwen3", "llama"):
       out["attention_bias"] = self.qkv_bias
+    if self.family == "llama":
+      out["mlp_bias"] = self.mlp_bias
     if self.family == "phi3":
       out["pad_token_id"] = 0  # Phi3Config's default (32000) may exceed vocab.
       if self.rope.original_max_position_embeddings is not None:
@@ -329,7 +365,7 @@ class ModelConfig:
     attn = d * h * (n + 2 * k) + n * h * d
     attn += (n + 2 * k) * h * self.qkv_bias + d * self.o_bias
     attn += 2 * h * self.qk_norm
-    per_layer = attn + 3 * d * f + 2 * d
+    per_layer = attn + 3 * d * f + 2 * d + (2 * f + d) * self.mlp_bias
     head = 0 if self.tie_embeddings else d * self.vocab_size
     return self.num_layers * per_layer + self.vocab_size * d + head + d
 

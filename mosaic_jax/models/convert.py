@@ -135,6 +135,10 @@ def _views(cfg: ModelConfig) -> dict[tuple[str, ...], _View]:
     views[("blocks", "bq_lnh")] = _View(attn + "q_proj.bias", (n * h,), None, (n, h), (0, 1))
     views[("blocks", "bk_lkh")] = _View(attn + "k_proj.bias", (k * h,), None, (k, h), (0, 1))
     views[("blocks", "bv_lkh")] = _View(attn + "v_proj.bias", (k * h,), None, (k, h), (0, 1))
+  if cfg.mlp_bias:
+    views[("blocks", "b_gate_lf")] = _View(mlp + "gate_proj.bias", (f,), None, (f,), (0,))
+    views[("blocks", "b_up_lf")] = _View(mlp + "up_proj.bias", (f,), None, (f,), (0,))
+    views[("blocks", "b_down_ld")] = _View(mlp + "down_proj.bias", (d,), None, (d,), (0,))
   if cfg.o_bias:
     views[("blocks", "bo_ld")] = _View(attn + "o_proj.bias", (d,), None, (d,), (0,))
   if cfg.qk_norm:
@@ -207,7 +211,8 @@ def _reader(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
 def from_pretrained(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
                     compute_dtype=None, rules=sharding_lib.DEFAULT_RULES,
                     **config_overrides) -> decoder_lib.Decoder:
-  """Loads an HF safetensors directory (Qwen2, Qwen3 or Phi3) into a Decoder.
+  """Loads an HF safetensors directory (Qwen2, Qwen3, Phi3 or Llama) into a
+  Decoder.
 
   Args:
     path: directory with config.json and model.safetensors (or an index).

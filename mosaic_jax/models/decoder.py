@@ -1,4 +1,4 @@
-"""One Flax NNX decoder for Qwen2, Qwen3 and Phi-3.
+"""One Flax NNX decoder for Qwen2, Qwen3, Phi-3 and Llama.
 
 Parameter names carry their dimensions (Tunix style), so a reader sees the
 layout in the name:
@@ -159,6 +159,10 @@ class Blocks(nnx.Module):
     self.w_gate_ldf = _param(rngs, (l, d, f), ("layers", "embed", "mlp"), pd)
     self.w_up_ldf = _param(rngs, (l, d, f), ("layers", "embed", "mlp"), pd)
     self.w_down_lfd = _param(rngs, (l, f, d), ("layers", "mlp", "embed"), pd)
+    if cfg.mlp_bias:
+      self.b_gate_lf = _param(rngs, (l, f), ("layers", "mlp"), pd, "zeros")
+      self.b_up_lf = _param(rngs, (l, f), ("layers", "mlp"), pd, "zeros")
+      self.b_down_ld = _param(rngs, (l, d), ("layers", "embed"), pd, "zeros")
 
   def stacked(self) -> dict[str, jax.Array]:
     """Name -> stacked array for every parameter (the scan's xs)."""
@@ -344,8 +348,11 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   h = rms_norm(x, p["mlp_norm_ld"], cfg.norm_eps)
   gate = _token_einsum("md,df->mf", h, w("w_gate_ldf"))
   up = _token_einsum("md,df->mf", h, w("w_up_ldf"))
+  if cfg.mlp_bias:
+    gate, up = gate + w("b_gate_lf"), up + w("b_up_lf")
   act = sharding.constrain(_swiglu(gate, up), ("batch", "length", "mlp"))
-  x = x + _token_einsum("mf,fd->md", act, w("w_down_lfd"))
+  down = _token_einsum("mf,fd->md", act, w("w_down_lfd"))
+  x = x + (down + w("b_down_ld") if cfg.mlp_bias else down)
   return sharding.constrain(x, ("batch", "length", "embed")), (k_all, v_all)
 
 

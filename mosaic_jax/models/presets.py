@@ -1,4 +1,4 @@
-"""Model configs of the three real families and the tiny default.
+"""Model configs of the real families and the tiny default.
 
 Sizes from each checkpoint's config.json (shared/REFERENCE.md). The real
 presets describe the architecture only; weights always come from
@@ -26,6 +26,14 @@ PHI4 = ModelConfig(
     rope=RopeConfig(theta=2.5e5), norm_eps=1e-5, max_position_embeddings=16384,
     param_dtype="bfloat16", dtype="bfloat16")
 
+# SmolLM2-135M(-Instruct), a LlamaForCausalLM; `python -m experiments.fetch
+# smollm2-135m-instruct` builds its HF directory (docs/fetching.md).
+SMOLLM2_135M = ModelConfig(
+    family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+    num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+    rope=RopeConfig(theta=1e5), tie_embeddings=True, norm_eps=1e-5,
+    max_position_embeddings=8192, param_dtype="bfloat16", dtype="bfloat16")
+
 # A Qwen3-architecture model that trains on a 2-core CPU in minutes. Its
 # vocabulary is the project's own BPE tokenizer (mosaic_jax/assets/tiny_tokenizer).
 TINY = ModelConfig(
@@ -39,4 +47,4 @@ TINY = ModelConfig(
 TINY_BASE_DIR = pathlib.Path(__file__).parent.parent / "assets" / "tiny_base"
 
 PRESETS = {"qwen25_7b": QWEN25_7B, "qwen3_4b_thinking": QWEN3_4B_THINKING,
-           "phi4": PHI4, "tiny": TINY}
+           "phi4": PHI4, "smollm2_135m": SMOLLM2_135M, "tiny": TINY}

@@ -53,16 +53,53 @@ def _yarn(cfg: ModelConfig, dim: int) -> tuple[np.ndarray, float]:
   return inv_freq.astype(np.float32), float(attention_factor)
 
 
+def _llama3(cfg: ModelConfig, dim: int) -> np.ndarray:
+  """Llama 3.1 bands: long wavelengths (> original/low_freq_factor) divided
+  by factor, short ones (< original/high_freq_factor) kept, the band between
+  interpolated smoothly in 1/wavelength. [R/2] float32."""
+  r = cfg.rope
+  inv = (1.0 / (r.theta ** _base_exponents(dim))).astype(np.float32)
+  orig = r.original_max_position_embeddings
+  low_wavelen = orig / r.low_freq_factor
+  high_wavelen = orig / r.high_freq_factor
+  wavelen = np.float32(2 * math.pi) / inv
+  scaled = np.where(wavelen > low_wavelen, inv / np.float32(r.factor), inv)
+  smooth = ((orig / wavelen - r.low_freq_factor)
+            / (r.high_freq_factor - r.low_freq_factor)).astype(np.float32)
+  smoothed = (1 - smooth) * scaled / np.float32(r.factor) + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def _dynamic_inverse_frequencies(cfg: ModelConfig,
+                                 positions: jax.Array) -> jax.Array:
+  """Dynamic-NTK frequencies [R/2] for the longest position in the batch.
+
+  As transformers' `dynamic` type: the base grows to
+  theta * (factor * L / M - (factor - 1)) ** (R / (R - 2)) with
+  L = max(M, max position + 1), M = max_position_embeddings, so sequences
+  within the trained context get the default frequencies. (transformers keeps
+  the grown frequencies in module state between calls; per call they equal
+  these whenever the longest position only grows.)
+  """
+  r, dim, m = cfg.rope, cfg.rotary_dim, cfg.max_position_embeddings
+  seq_len = jnp.maximum(jnp.max(positions) + 1, m).astype(jnp.float32)
+  base = r.theta * ((r.factor * seq_len / m) - (r.factor - 1)) ** (
+      dim / (dim - 2))
+  return 1.0 / (base ** jnp.asarray(_base_exponents(dim)))
+
+
 def inverse_frequencies(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, float]:
   """Returns (short inv_freq [R/2], long inv_freq [R/2], cos/sin scale).
 
   Only longrope has distinct short and long frequencies (chosen per forward
   pass by the largest position, as transformers does); for every other type
-  both are the same array.
+  both are the same array. For 'dynamic' these are the frequencies within
+  the trained context (`rope_tables` grows them with the positions).
   """
   r, dim = cfg.rope, cfg.rotary_dim
   exps = _base_exponents(dim)
-  if r.rope_type == "default":
+  if r.rope_type in ("default", "dynamic"):
     inv = (1.0 / (r.theta ** exps)).astype(np.float32)
     return inv, inv, 1.0
   if r.rope_type == "linear":
@@ -71,6 +108,9 @@ def inverse_frequencies(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, float
   if r.rope_type == "yarn":
     inv, scale = _yarn(cfg, dim)
     return inv, inv, scale
+  if r.rope_type == "llama3":
+    inv = _llama3(cfg, dim)
+    return inv, inv, 1.0
   # longrope
   orig = r.original_max_position_embeddings
   factor = r.factor or cfg.max_position_embeddings / orig
@@ -102,6 +142,8 @@ def rope_tables(cfg: ModelConfig, positions: jax.Array,
     # position exceeds the pre-training context.
     use_long = jnp.max(positions) + 1 > cfg.rope.original_max_position_embeddings
     inv_freq = jnp.where(use_long, jnp.asarray(long), inv_freq)
+  elif cfg.rope.rope_type == "dynamic":
+    inv_freq = _dynamic_inverse_frequencies(cfg, positions)
   freqs = positions.astype(jnp.float32)[..., None] * inv_freq
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return (jnp.cos(emb) * scale).astype(dtype), (jnp.sin(emb) * scale).astype(dtype)
