@@ -391,7 +391,7 @@ def test_tiny_model_end_to_end_on_every_benchmark(data_dirs, tiny_dirs,
 @pytest.mark.parametrize("name,benchmarks", [
     ("builtin", "builtin"), ("agentdojo", "agentdojo"),
     ("agentharm", "agentharm"), ("atbench", "atbench"),
-    ("privacylens", "privacylens"),
+    ("privacylens", "privacylens"), ("smollm2", "builtin"),
     ("paper", "builtin,agentdojo,agentharm,atbench,privacylens")])
 def test_each_config_names_its_benchmarks(name, benchmarks):
   config = importlib.import_module(f"configs.eval.{name}").get_config()
