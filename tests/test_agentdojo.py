@@ -296,3 +296,29 @@ def test_pipeline_turns_refusals_and_invalid_output_into_final_messages():
   assert messages[-1]["tool_calls"] is None
   assert messages[-1]["content"][0]["content"] == (
       "<tool_call>{not json</tool_call>")
+
+
+@pytest.mark.parametrize("override,message", [
+    (dict(suites="banking,nosuch"),
+     "--config.suites: 'nosuch' not found in AgentDojo; valid: workspace"),
+    (dict(suites="slack", injection_tasks="injection_task_0"),
+     "--config.injection_tasks: 'injection_task_0' not found in AgentDojo "
+     "suite 'slack'; valid: injection_task_1"),
+    (dict(suites="banking", user_tasks="user_task_999"),
+     "--config.user_tasks: 'user_task_999' not found in AgentDojo suite "
+     "'banking'; valid: user_task_0"),
+])
+def test_unknown_agentdojo_names_are_one_line_config_errors(override,
+                                                            message):
+  from configs.eval import agentdojo as agentdojo_config
+  from mosaic_jax.eval import harness
+  from mosaic_jax.train import validate
+  config = agentdojo_config.get_config()
+  config.update(override)
+  with pytest.raises(validate.ConfigError) as e:
+    harness.agentdojo_specs(config)
+  assert str(e.value).startswith(message) and "\n" not in str(e.value)
+  # Names that exist still enumerate.
+  config.update(suites="banking", user_tasks="user_task_0",
+                injection_tasks="injection_task_0")
+  assert harness.agentdojo_specs(config)

@@ -510,8 +510,14 @@ def agentdojo_specs(config: ml_collections.ConfigDict
   suites = _split_list(config.suites) or ad.list_suites(version)
   users, injections = (_split_list(config.user_tasks),
                        _split_list(config.injection_tasks))
+  _check_names("suites", suites, ad.list_suites(version))
   specs = []
   for suite in suites:
+    _check_names("user_tasks", users, ad.list_user_tasks(suite, version),
+                 suite)
+    if _split_list(config.attack):
+      _check_names("injection_tasks", injections,
+                   ad.list_injection_tasks(suite, version), suite)
     user_ids = users or ad.list_user_tasks(suite, version)
     if config.benign:
       specs += [(suite, u, None, None)
@@ -522,6 +528,18 @@ def agentdojo_specs(config: ml_collections.ConfigDict
       specs += [(suite, u, i, attack)
                 for u, i in _cap(pairs, config.max_tasks)]
   return specs
+
+
+def _check_names(field: str, names: Sequence[str], valid: Sequence[str],
+                 suite: str = "") -> None:
+  """One-line `ConfigError` for names of `--config.<field>` not in `valid`
+  (AgentDojo's ids differ per suite: slack has no injection_task_0)."""
+  unknown = [n for n in names if n not in valid]
+  if unknown:
+    where = f" in AgentDojo suite {suite!r}" if suite else " in AgentDojo"
+    raise validate.ConfigError(
+        f"--config.{field}: {', '.join(map(repr, unknown))} not found{where}; "
+        f"valid: {', '.join(valid)}")
 
 
 def agentdojo_task_id(spec: tuple[str, str, str | None, str | None],
