@@ -114,6 +114,12 @@ class Report:
       default_factory=collections.Counter)
   seconds: float = 0.0
 
+  def fail(self, stage: str, source: str, error: Exception,
+           text: str) -> None:
+    """Records a turn of `source` that failed at `stage`."""
+    self.errors.append(_error(stage, source, error, text))
+    self.by_source[source][f"error:{stage}"] += 1
+
   def classes(self) -> collections.Counter:
     """Turn class -> count over all sources."""
     total = collections.Counter()
@@ -365,26 +371,17 @@ def run(n: int, seed: int = 0, task_list: Sequence[Task] | None = None,
       report.turns += 1
       if source == "corpus":
         report.corpus_classes[gen.corpus_class] += 1
-      stage = "parse"
       try:
-        turn = parse.parse_turn(text, schemas=schemas)
-        stage = "step"
-        result = env.step(turn)
-        stage = "observation"
-        # What a tokenizer is given next: str, valid UTF-8.
-        result.observation.encode("utf-8")
-      except Exception as e:  # pylint: disable=broad-except
-        report.errors.append(_error(stage, source, e, text))
-        report.by_source[source][f"error:{stage}"] += 1
+        turn, result = _step_text(env, text, schemas)
+      except _Failed as f:
+        report.fail(f.stage, source, f.error, text)
         continue
       turns.append(turn)
       report.by_source[source][classify(turn, result.info)] += 1
       if result.done:
         break
     try:
-      z = verifiers.verify(task, env, turns, max_turns=MAX_TURNS).z
-      if not np.all((z >= 0) & (z <= 1)):
-        raise ValueError(f"z {z.tolist()} outside [0, 1]")
+      z = _verified_z(task, env, turns)
       report.episode_z[",".join(f"{v:g}" for v in z)] += 1
     except Exception as e:  # pylint: disable=broad-except
       report.errors.append(_error("verify", task.task_id, e, ""))
@@ -417,23 +414,19 @@ def _play_one(task: Task, schemas: list[Any], text: str, source: str,
   a tool call that succeeds is one too)."""
   env = tasks_lib.make_env(task)
   report.turns += 1
-  stage = "parse"
   try:
-    turn = parse.parse_turn(text, schemas=schemas)
-    stage = "step"
-    result = env.step(turn)
-    stage = "observation"
-    result.observation.encode("utf-8")
-    stage = "verify"
-    z = verifiers.verify(task, env, [turn], max_turns=MAX_TURNS).z
-    if not np.all((z >= 0) & (z <= 1)):
-      raise ValueError(f"z {z.tolist()} outside [0, 1]")
+    turn, result = _step_text(env, text, schemas)
+  except _Failed as f:
+    report.fail(f.stage, source, f.error, text)
+    return
+  stage = "verify"
+  try:
+    _verified_z(task, env, [turn])
     stage = "accepted"
     if must_refuse and result.info.get("ok"):
       raise ValueError("the tool accepted a value it must refuse")
   except Exception as e:  # pylint: disable=broad-except
-    report.errors.append(_error(stage, source, e, text))
-    report.by_source[source][f"error:{stage}"] += 1
+    report.fail(stage, source, e, text)
     return
   report.episodes += 1
   report.by_source[source][classify(turn, result.info)] += 1
@@ -479,6 +472,38 @@ def play_corpus(task_list: Sequence[Task], corpus: dict[str, Any] | None = None,
         _play_one(task, schemas, text, "turns/" + name, report)
   report.seconds = time.perf_counter() - start
   return report
+
+
+class _Failed(Exception):
+  """A turn that raised at `stage` (parse, step or observation)."""
+
+  def __init__(self, stage: str, error: Exception):
+    super().__init__(stage)
+    self.stage, self.error = stage, error
+
+
+def _step_text(env: Any, text: str, schemas: list[Any]) -> tuple[Any, Any]:
+  """`(turn, step result)` of one model turn `text` in `env`; raises
+  `_Failed` naming the stage that raised."""
+  stage = "parse"
+  try:
+    turn = parse.parse_turn(text, schemas=schemas)
+    stage = "step"
+    result = env.step(turn)
+    stage = "observation"
+    # What a tokenizer is given next: str, valid UTF-8.
+    result.observation.encode("utf-8")
+  except Exception as e:  # pylint: disable=broad-except
+    raise _Failed(stage, e) from e
+  return turn, result
+
+
+def _verified_z(task: Task, env: Any, turns: list[Any]) -> np.ndarray:
+  """The episode's verifier scores; raises unless each is in [0, 1]."""
+  z = verifiers.verify(task, env, turns, max_turns=MAX_TURNS).z
+  if not np.all((z >= 0) & (z <= 1)):
+    raise ValueError(f"z {z.tolist()} outside [0, 1]")
+  return z
 
 
 def _error(stage: str, source: str, error: Exception, text: str
