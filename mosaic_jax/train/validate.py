@@ -337,8 +337,7 @@ def value_problems(config: ml_collections.ConfigDict,
                "rows of a step (rl.tasks_per_step x rl.group_size per "
                f"process); set it to a divisor of {rows}")
     if isinstance(rl.microbatch, int) and minibatches > 1:
-      _divides(p, "rl.microbatch", rl.microbatch,
-               rl.tasks_per_step * rl.group_size // processes // minibatches,
+      _divides(p, "rl.microbatch", rl.microbatch, rows // minibatches,
                "the rows of one minibatch (per process)")
   _choice(p, "rl.aggregation", rl.aggregation, losses.AGGREGATIONS)
   _choice(p, "sft.aggregation", sft.aggregation, losses.AGGREGATIONS)
