@@ -510,19 +510,20 @@ def agentdojo_specs(config: ml_collections.ConfigDict
   suites = _split_list(config.suites) or ad.list_suites(version)
   users, injections = (_split_list(config.user_tasks),
                        _split_list(config.injection_tasks))
+  attacks = _split_list(config.attack)
   _check_names("suites", suites, ad.list_suites(version))
   specs = []
   for suite in suites:
-    _check_names("user_tasks", users, ad.list_user_tasks(suite, version),
-                 suite)
-    if _split_list(config.attack):
+    known_users = ad.list_user_tasks(suite, version)
+    _check_names("user_tasks", users, known_users, suite)
+    if attacks:
       _check_names("injection_tasks", injections,
                    ad.list_injection_tasks(suite, version), suite)
-    user_ids = users or ad.list_user_tasks(suite, version)
+    user_ids = users or known_users
     if config.benign:
       specs += [(suite, u, None, None)
                 for u in _cap(user_ids, config.max_tasks)]
-    for attack in _split_list(config.attack):
+    for attack in attacks:
       pairs = [(u, i) for u in user_ids
                for i in injections or ad.list_injection_tasks(suite, version)]
       specs += [(suite, u, i, attack)
