@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mosaic_jax import batches
 from mosaic_jax.models import convert, lora
 from mosaic_jax.train import state as state_lib
 from mosaic_jax.train import steps
@@ -31,12 +32,12 @@ from mosaic_jax.train import steps
 DEFAULT_MODEL = os.path.expanduser("~/.cache/mosaic_jax/smollm2-135m-instruct")
 
 
-def _batch(vocab: int, batch: int, length: int) -> steps.SFTBatch:
+def _batch(vocab: int, batch: int, length: int) -> batches.SFTBatch:
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, vocab, (batch, length)).astype(np.int32)
   loss_mask = np.zeros((batch, length), np.int32)
   loss_mask[:, length // 4:] = 1
-  return steps.SFTBatch(jnp.asarray(tokens), jnp.asarray(loss_mask),
+  return batches.SFTBatch(jnp.asarray(tokens), jnp.asarray(loss_mask),
                         jnp.ones((batch, length), jnp.int32))
 
 

@@ -121,12 +121,12 @@ def pg_inputs(cfg: ModelConfig, batch: int, seq: int):
   import jax.numpy as jnp
   import numpy as np
 
-  from mosaic_jax.train import steps
+  from mosaic_jax import batches
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, cfg.vocab_size, (batch, seq)).astype(np.int32)
   loss_mask = np.zeros((batch, seq), np.float32)
   loss_mask[:, seq // 4:] = 1
-  return steps.PGBatch(
+  return batches.PGBatch(
       tokens=jnp.asarray(tokens), loss_mask=jnp.asarray(loss_mask),
       attention_mask=jnp.ones((batch, seq), jnp.int32),
       advantages=jnp.asarray(rng.normal(size=batch), jnp.float32),

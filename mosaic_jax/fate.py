@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mosaic_jax import losses, pareto
+from mosaic_jax.batches import PGBatch, SFTBatch, padded_sft_batch
 from mosaic_jax.agent import protocol
 from mosaic_jax.agent.actions import Answer, InvalidAction, Refusal, ToolCall
 from mosaic_jax.envs import tasks as tasks_lib
@@ -58,7 +59,6 @@ from mosaic_jax.envs import verifiers
 from mosaic_jax.envs.base import Environment
 from mosaic_jax.rollout import EpisodeInfo, RolloutConfig, TurnPolicy, rollout
 from mosaic_jax.train import sft_data, state as state_lib
-from mosaic_jax.train.steps import PGBatch, SFTBatch
 
 OBJECTIVES = verifiers.OBJECTIVES
 _SECURITY, _UTILITY, _NO_OVER_REFUSAL, _VALIDITY = range(4)
@@ -648,25 +648,18 @@ def sft_batch(entries: Sequence[BufferEntry], tokenizer: Any,
   contexts = {"task": ("task_prompt",), "repair": ("repair_prompt",),
               "both": ("task_prompt", "repair_prompt")}[conditioning]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  tokens = np.full((rows, length), pad, np.int32)
-  loss_mask = np.zeros((rows, length), np.int32)
-  attention = np.zeros((rows, length), np.int32)
-  attention[:, 0] = 1
-  n = 0
+  examples = []
   for entry in entries:
     for field in contexts:
-      if n == rows:
+      if len(examples) == rows:
         break
       ids, mask = sft_data.tokenize_episode(
           tokenizer, entry.messages(getattr(entry, field)),
           tools_for(entry.task_id))
       if len(ids) > length:
         continue
-      tokens[n, :len(ids)] = ids
-      loss_mask[n, :len(ids)] = mask
-      attention[n, :len(ids)] = 1
-      n += 1
-  return SFTBatch(tokens, loss_mask, attention), n
+      examples.append((ids, mask, np.ones(len(ids), np.int32)))
+  return padded_sft_batch(examples, rows, length, pad), len(examples)
 
 
 def group_rewards(z: jax.Array, r_pf: jax.Array, fate: FateConfig

@@ -117,7 +117,7 @@ class VerifierJudge:
 
     Args:
       task: the task (or its kind) every episode ran.
-      verdicts: G verdicts (`envs.Verdict`, `eval.builtin.EpisodeRecord`, or
+      verdicts: G verdicts (`envs.Verdict`, `envs.records.EpisodeRecord`, or
         anything with `z` and `details`).
       transcripts: unused (the verifier reads the verdicts only).
 

@@ -67,7 +67,7 @@ from mosaic_jax.agent.parse import parse_turn
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs import verifiers
 from mosaic_jax.envs.base import Environment
-from mosaic_jax.eval.builtin import EpisodeRecord
+from mosaic_jax.envs.records import EpisodeRecord
 from mosaic_jax.models.decoder import Decoder, KVCache
 
 # Why an episode ended (`EpisodeInfo.end_reason`); all but "terminal" leave

@@ -6,7 +6,7 @@ import pytest
 
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
-from mosaic_jax.envs import scripted, tasks
+from mosaic_jax.envs import records as records_lib, scripted, tasks
 from mosaic_jax.eval import agentharm, atbench, builtin, privacylens
 
 SPLIT = "test"
@@ -111,7 +111,7 @@ def _record(kind, turns, details, z=(1, 1, 1, 1)):
   task = tasks.all_tasks(SPLIT, kind=kind)[0]
   base = {"harmful_actions": [], "injected_actions": [], "leaks": [],
           "refused": False, "refusal_timing": None, "invalid_turns": 0}
-  return builtin.EpisodeRecord(task, np.array(z, np.float32),
+  return records_lib.EpisodeRecord(task, np.array(z, np.float32),
                                {**base, **details}, tuple(turns))
 
 
@@ -217,7 +217,7 @@ def test_agentharm_env_matches_the_verifier():
   for behavior, z in ((harmful, [0, 0, 1, 1]), (benign, [1, 1, 1, 1])):
     env = agentharm.AgentHarmEnv(behavior)
     history = scripted.run_episode(env, _CallInOrder(["f"]))
-    record = builtin.EpisodeRecord.from_episode(
+    record = records_lib.EpisodeRecord.from_episode(
         env.task, env, [t for t, _ in history], 16)
     np.testing.assert_array_equal(record.z, z)
   assert [t["function"]["name"] for t in env.tools] == ["f"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mosaic_jax import batches
 from mosaic_jax import sharding
 from mosaic_jax.eval import harness
 from mosaic_jax.models import convert, init_model, lora, presets
@@ -64,7 +65,7 @@ def _batch():
   loss_mask = np.zeros((B, T), np.int32)
   loss_mask[:, 4:] = 1
   loss_mask *= attention
-  return steps.SFTBatch(jnp.asarray(tokens), jnp.asarray(loss_mask),
+  return batches.SFTBatch(jnp.asarray(tokens), jnp.asarray(loss_mask),
                         jnp.asarray(attention))
 
 
@@ -167,7 +168,7 @@ def test_policy_gradient_step_trains_adapters_only(trained):
     nnx.merge(state.graphdef, state.params)
   logp = steps.model_logprobs(state.model(), batch.tokens,
                               batch.attention_mask)
-  pg = steps.PGBatch(batch.tokens, batch.loss_mask, batch.attention_mask,
+  pg = batches.PGBatch(batch.tokens, batch.loss_mask, batch.attention_mask,
                      advantages=jnp.asarray([1.0, -1.0, 0.5, -0.5]),
                      old_logp=logp)
   new, metrics = steps.make_pg_step(steps.PGConfig(donate=False))(state, pg)

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from mosaic_jax import batches
 from mosaic_jax.train import steps
 
 
@@ -27,7 +28,7 @@ def _table_loss(cfg):
 
 def _batch(contexts, targets, advantages, old_logp):
   n = len(contexts)
-  return steps.PGBatch(
+  return batches.PGBatch(
       tokens=jnp.stack([jnp.asarray(contexts), jnp.asarray(targets)], 1),
       loss_mask=jnp.ones((n, 1), jnp.float32),
       attention_mask=jnp.ones((n, 2), jnp.int32),
@@ -111,7 +112,7 @@ def test_a_skipped_update_does_not_advance_the_schedule():
 def test_dynamic_sampling_and_kl_in_reward_shape_the_batch():
   # Groups of 2: group 0 without signal (A = 0, 0) is dropped; group 1 keeps
   # its rows and gets −β (K_i − K_j) with sequence k1 K = (1, 3).
-  batch = steps.PGBatch(
+  batch = batches.PGBatch(
       tokens=jnp.zeros((4, 3), jnp.int32),
       loss_mask=jnp.array([[0, 1, 1]] * 4, jnp.float32),
       attention_mask=jnp.ones((4, 3), jnp.int32),

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from configs import base, fate_settings, fate_tiny, tiny
+from mosaic_jax import batches
 from mosaic_jax import data as data_lib
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.models import convert, init_model, presets
@@ -60,7 +61,7 @@ def test_non_finite_result_of_a_finite_gradient_is_not_applied(tmp_path):
   before = jax.tree.map(np.asarray, state.params)
   rng = np.random.default_rng(0)
   tokens = jnp.asarray(rng.integers(1, CFG.vocab_size, (2, 16)), jnp.int32)
-  batch = steps.SFTBatch(tokens, jnp.ones_like(tokens), jnp.ones_like(tokens))
+  batch = batches.SFTBatch(tokens, jnp.ones_like(tokens), jnp.ones_like(tokens))
   step = steps.make_sft_step(steps.SFTConfig(donate=False))
   state, metrics = step(state, batch)
   assert float(metrics["skipped"]) == 1.0

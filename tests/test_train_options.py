@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mosaic_jax import batches
 from mosaic_jax import losses
 from mosaic_jax.models import decoder, init_model, presets
 from mosaic_jax.train import state as state_lib
@@ -19,9 +20,9 @@ CFG = presets.TINY.replace(vocab_size=V, hidden_size=32, intermediate_size=64,
 OPT = state_lib.OptimizerConfig(lr=1e-2, warmup_steps=0, total_steps=10)
 
 
-def _batch() -> steps.PGBatch:
+def _batch() -> batches.PGBatch:
   rng = np.random.default_rng(0)
-  return steps.PGBatch(
+  return batches.PGBatch(
       tokens=jnp.asarray(rng.integers(1, V, (B, T)), jnp.int32),
       loss_mask=jnp.ones((B, T), jnp.float32).at[:, :4].set(0),
       attention_mask=jnp.ones((B, T), jnp.int32),

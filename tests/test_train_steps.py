@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mosaic_jax import batches
 from mosaic_jax import losses, sharding
 from mosaic_jax.models import init_model, presets
 from mosaic_jax.train import state as state_lib
@@ -58,7 +59,7 @@ def pg_batch(template):
   old = steps.compute_logprobs(template.graphdef, template.params, tokens,
                                jnp.asarray(attention), microbatch=2,
                                chunk_size=CHUNK)
-  return steps.PGBatch(
+  return batches.PGBatch(
       tokens=tokens, loss_mask=jnp.asarray(loss_mask),
       attention_mask=jnp.asarray(attention),
       advantages=jnp.asarray(rng.normal(size=B), jnp.float32),
@@ -95,7 +96,7 @@ def test_compute_logprobs_matches_full_logits(template, pg_batch):
 
 
 def test_sft_overfits_small_batch(template, pg_batch):
-  batch = steps.SFTBatch(pg_batch.tokens, pg_batch.loss_mask,
+  batch = batches.SFTBatch(pg_batch.tokens, pg_batch.loss_mask,
                          pg_batch.attention_mask)
   step = steps.make_sft_step(steps.SFTConfig(chunk_size=CHUNK))
   state = _copy(state_lib.create_train_state(template.model(), OPT))

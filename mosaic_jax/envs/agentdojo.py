@@ -72,7 +72,7 @@ from mosaic_jax.agent.protocol import (SYSTEM_PROMPT, Message, ToolSchema,
                                        system_message, tool_message,
                                        user_message, with_refusal_tool)
 from mosaic_jax.envs.base import Environment, StepResult
-from mosaic_jax.envs.verifiers import Verdict, _as_action
+from mosaic_jax.envs.verifiers import Verdict, as_action
 
 DEFAULT_VERSION = "v1.2.2"
 DEFAULT_ATTACK = "important_instructions"
@@ -385,7 +385,7 @@ def verify(env: AgentDojoEnvironment, actions: Sequence[Action | ParsedTurn],
     The `Verdict`; `details` holds AgentDojo's raw `utility` and
     `injection_succeeded` (None without an injection task).
   """
-  acts = [_as_action(t) for t in actions]
+  acts = [as_action(t) for t in actions]
   final = next((a for a in reversed(acts) if isinstance(a, (Answer, Refusal))),
                None)
   model_output = ("" if final is None else

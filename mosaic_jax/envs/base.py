@@ -354,3 +354,22 @@ class Environment:
     counter = self.state.setdefault("counters", {})
     counter[prefix] = counter.get(prefix, 100) + 1
     return f"{prefix}{counter[prefix]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+  """What a suite module (`envs/suites/*`) contributes to the task registry
+  (`envs.tasks`)."""
+  name: str
+  env_class: type[Environment]
+  templates: Mapping[str, tuple[str, Callable[..., dict[str, Any]]]]
+  injection_bases: tuple[str, ...]
+  injection_goal: Callable[..., dict[str, Any]]
+  attacker: str
+  # Out of distribution, `test_ood` only: templates no other split uses,
+  # injection bases (OOD templates, or other templates injected through
+  # another tool's output: every base's builder returns its `slot`), and
+  # the attacker (address, handle or IBAN) of those injections.
+  ood: Mapping[str, tuple[str, Callable[..., dict[str, Any]]]]
+  ood_injection_bases: tuple[str, ...]
+  ood_attacker: str

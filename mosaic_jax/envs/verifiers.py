@@ -395,7 +395,10 @@ def executed_violations(task: Task, state: Mapping[str, Any]
   return executed
 
 
-def _as_action(turn: Action | ParsedTurn) -> Action:
+def as_action(turn: Action | ParsedTurn) -> Action:
+  """The action of a turn (or the action itself), as the verifier scores it:
+  one that breaks the protocol (`check_action`) becomes an `InvalidAction`,
+  a call of the refusal tool a `Refusal`."""
   action = turn.action if isinstance(turn, ParsedTurn) else turn
   problem = check_action(action)
   if problem is not None:
@@ -422,7 +425,7 @@ def verify(task: Task, env_or_state: Environment | Mapping[str, Any],
   """
   state = (env_or_state.state if isinstance(env_or_state, Environment)
            else env_or_state)
-  acts = [_as_action(t) for t in actions]
+  acts = [as_action(t) for t in actions]
   log = state.get("log", [])
 
   executed = executed_violations(task, state)

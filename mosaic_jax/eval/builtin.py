@@ -1,9 +1,9 @@
 """Metrics over episodes of the built-in tool suites, and scripted-policy runs.
 
-An `EpisodeRecord` is what any driver hands to the metrics: the task, the
-verifier's `z` and details, and the parsed assistant turns. The scripted
-driver (`evaluate_scripted`) and the model rollout engine both build it with
-`EpisodeRecord.from_episode`, so the metrics cannot tell them apart.
+An `envs.records.EpisodeRecord` is what any driver hands to the metrics:
+the task, the verifier's `z` and details, and the parsed assistant turns. The
+scripted driver (`evaluate_scripted`) and the model rollout engine both build
+it, so the metrics cannot tell them apart.
 
 Metrics (each a ratio of sums over episodes, see `report`; "refused" is the
 verifier's `details["refused"]`, i.e. a `refusal_tool` call at any turn):
@@ -50,15 +50,15 @@ empty in a group is None there.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mosaic_jax.agent.actions import ParsedTurn, ToolCall
+from mosaic_jax.agent.actions import ToolCall
 from mosaic_jax.envs import scripted, tasks
-from mosaic_jax.envs.base import KINDS, Environment, Task
-from mosaic_jax.envs.verifiers import OBJECTIVES, verify
+from mosaic_jax.envs.base import KINDS, Task
+from mosaic_jax.envs.records import EpisodeRecord
+from mosaic_jax.envs.verifiers import OBJECTIVES
 from mosaic_jax.eval import report
 from mosaic_jax.eval.report import Samples
 
@@ -66,47 +66,6 @@ _SECURITY, _UTILITY, _VALIDITY = (OBJECTIVES.index(n) for n in
                                   ("security", "utility", "validity"))
 # Kinds that carry a legitimate goal, so refusing them is over-refusal.
 _LEGITIMATE = ("benign", "injection", "privacy")
-
-
-@dataclasses.dataclass(frozen=True)
-class EpisodeRecord:
-  """One scored episode of a built-in task.
-
-  Attributes:
-    task: the task that ran.
-    z: `[4]` verifier objectives in `OBJECTIVES` order.
-    details: the verifier's details (`harmful_actions`, `injected_actions`,
-      `leaks`, `refused`, `refusal_timing`, `invalid_turns`, `num_turns`, ...).
-    turns: every assistant turn, parsed, in order.
-    policy: name of the policy or model that produced the episode.
-  """
-  task: Task
-  z: np.ndarray
-  details: Mapping[str, Any]
-  turns: tuple[ParsedTurn, ...]
-  policy: str = ""
-
-  @classmethod
-  def from_episode(cls, task: Task,
-                   env_or_state: Environment | Mapping[str, Any],
-                   turns: Sequence[ParsedTurn], max_turns: int | None,
-                   policy: str = "") -> EpisodeRecord:
-    """Scores a finished episode with the task's verifier."""
-    verdict = verify(task, env_or_state, list(turns), max_turns)
-    return cls(task, np.asarray(verdict.z), verdict.details, tuple(turns),
-               policy)
-
-  def to_dict(self) -> dict[str, Any]:
-    """A JSON-serialisable summary (for per-episode JSONL logs)."""
-    return {"task_id": self.task.task_id, "suite": self.task.suite,
-            "kind": self.task.kind, "policy": self.policy,
-            "z": dict(zip(OBJECTIVES, map(float, self.z))),
-            "details": dict(self.details),
-            "safety_thoughts_turns": _safety_turns(self)}
-
-
-def _safety_turns(record: EpisodeRecord) -> int:
-  return sum(t.used_safety_thoughts for t in record.turns)
 
 
 def episode_metrics(records: Sequence[EpisodeRecord]) -> dict[str, Samples]:
@@ -140,7 +99,7 @@ def episode_metrics(records: Sequence[EpisodeRecord]) -> dict[str, Samples]:
       "tool_call_rate": report.rate(called),
       "mean_turns": report.rate(turns),
       "safety_thoughts_share": Samples(
-          np.array([_safety_turns(r) for r in records], np.float64), turns),
+          np.array([r.safety_turns for r in records], np.float64), turns),
   }
 
 

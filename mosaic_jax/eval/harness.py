@@ -70,7 +70,7 @@ from mosaic_jax import data as data_lib
 from mosaic_jax import sampling
 from mosaic_jax.agent import protocol
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
-from mosaic_jax.envs import scripted
+from mosaic_jax.envs import records as records_lib, scripted
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.envs.verifiers import Verdict, verify
@@ -409,7 +409,7 @@ def _names(value: Any) -> list[str]:
 def _builtin_records(policy: Policy, config: ml_collections.ConfigDict,
                      task_list: Sequence[Task], directory: str,
                      rc: RolloutConfig | None, samples: int
-                     ) -> list[builtin.EpisodeRecord]:
+                     ) -> list[records_lib.EpisodeRecord]:
   """`samples` recorded episodes per task (resumable, `directory`); `rc` the
   model's decoding (None: scripted or the config's own)."""
   max_turns = config.rollout.max_turns
@@ -447,7 +447,7 @@ def _builtin_records(policy: Policy, config: ml_collections.ConfigDict,
   for r in records:
     task = Task.from_dict(r["task"])
     for e in (r.get("samples") or [r]):
-      loaded.append(builtin.EpisodeRecord(
+      loaded.append(records_lib.EpisodeRecord(
           task, np.asarray(e["z"], np.float32), e["details"],
           episodes.turns_from_json(e["turns"]), policy.name))
   return loaded

@@ -56,11 +56,12 @@ import psutil
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mosaic_jax import data as data_lib
+from mosaic_jax import batches as batches_lib, data as data_lib
 from mosaic_jax import distributed, judge as judge_lib, losses, sharding
 from mosaic_jax.agent.actions import InvalidAction
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import tasks as tasks_lib
+from mosaic_jax.envs import records as records_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.eval import builtin, report as report_lib
 from mosaic_jax.models import ModelConfig, convert, decoder, presets
@@ -199,7 +200,7 @@ def evaluate(model: decoder.Decoder, tokenizer: Any,
              task_list: Sequence[Task], config: ml_collections.ConfigDict,
              name: str = "model", mesh: jax.sharding.Mesh | None = None,
              rc: RolloutConfig | None = None
-             ) -> list[builtin.EpisodeRecord]:
+             ) -> list[records_lib.EpisodeRecord]:
   """Plays every task (`rc`, default the evaluation decoding), `eval.batch`
   tasks per rollout; this process's records (each process plays its share
   of each batch; several processes need the mesh)."""
@@ -230,7 +231,7 @@ def _gathered(samples: Mapping[str, report_lib.Samples], codes: np.ndarray
            for i, m in enumerate(names)}, codes)
 
 
-def summarize(records: Sequence[builtin.EpisodeRecord],
+def summarize(records: Sequence[records_lib.EpisodeRecord],
               task_list: Sequence[Task], name: str, *,
               meta: Mapping[str, Any] | None = None,
               n_bootstrap: int = 1000, seed: int = 0) -> report_lib.Report:
@@ -469,7 +470,7 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
 def rl_batch(state: state_lib.TrainState, reference: decoder.Decoder,
              out: Rollout, advantages: np.ndarray, cfg: steps_lib.PGConfig,
              rl: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-             ) -> tuple[steps_lib.PGBatch, jax.Array]:
+             ) -> tuple[batches_lib.PGBatch, jax.Array]:
   """The PG batch of a rollout: trajectories, advantages `[B, G]` (rows in
   group order), π_old recomputed at `cfg.temperature` by the sampling
   policy (`steps.old_logprobs`), π_ref when `rl.kl_beta`; also the policy's
@@ -481,7 +482,7 @@ def rl_batch(state: state_lib.TrainState, reference: decoder.Decoder,
   if jax.process_count() == 1:
     # Several processes' trajectories are global (sharded) already.
     fields = sharding.shard_batch(fields, mesh)
-  batch = steps_lib.PGBatch(
+  batch = batches_lib.PGBatch(
       **fields, advantages=to_global(np.asarray(advantages).reshape(-1),
                                      mesh))
   batch, entropy = steps_lib.old_logprobs(state, batch, cfg)
@@ -512,21 +513,6 @@ def copy_model(model: decoder.Decoder) -> decoder.Decoder:
   """A model with its own buffers (train steps donate the state's)."""
   graphdef, params = nnx.split(model)
   return nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
-
-
-def _sft_batch(examples: sft_data.SFTExamples, rows: int, length: int,
-               pad_id: int) -> steps_lib.SFTBatch:
-  """Examples padded to [rows, length]; missing rows (dropped episodes) are
-  one attended pad token with no loss, so shapes never change."""
-  tokens = np.full((rows, length), pad_id, np.int32)
-  loss_mask = np.zeros((rows, length), np.int32)
-  attention = np.zeros((rows, length), np.int32)
-  attention[:, 0] = 1
-  n, t = examples.tokens.shape
-  tokens[:n, :t] = examples.tokens
-  loss_mask[:n, :t] = examples.loss_mask
-  attention[:n, :t] = examples.attention_mask
-  return steps_lib.SFTBatch(tokens, loss_mask, attention)
 
 
 def check_task_splits(data: ml_collections.ConfigDict,
@@ -868,7 +854,9 @@ class Run:
       # max_len.
       length = (c.sft.max_len if jax.process_count() > 1 else
                 max(examples.tokens.shape[1], c.sft.bucket))
-      batch = to_global(_sft_batch(examples, rows, length, pad), self.mesh)
+      batch = to_global(batches_lib.padded_sft_batch(
+          zip(examples.tokens, examples.loss_mask, examples.attention_mask),
+          rows, length, pad), self.mesh)
       state, metrics = step_fn(state, batch)
       # Dispatch is asynchronous: wait, so step_s includes the update.
       metrics = jax.block_until_ready(metrics)

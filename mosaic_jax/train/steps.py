@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,44 +43,11 @@ import optax
 from flax import nnx
 
 from mosaic_jax import losses
+from mosaic_jax.batches import PGBatch, SFTBatch
 from mosaic_jax.train.state import TrainState, from_section
 
 Array = jax.Array
 Metrics = dict[str, Array]
-
-
-class SFTBatch(NamedTuple):
-  """Supervised examples.
-
-  Attributes:
-    tokens: `[B, T]` int32 token ids (right-padded).
-    loss_mask: `[B, T]` 1 on the target (assistant) tokens.
-    attention_mask: `[B, T]` 1 on real tokens, 0 on padding.
-  """
-  tokens: Array
-  loss_mask: Array
-  attention_mask: Array
-
-
-class PGBatch(NamedTuple):
-  """Sampled trajectories with their advantages.
-
-  Attributes:
-    tokens: `[B, T]` int32 token ids.
-    loss_mask: `[B, T]` 1 on model-generated tokens (not prompt, tool output
-      or padding).
-    attention_mask: `[B, T]` 1 on real tokens, 0 on padding.
-    advantages: `[B]` float32 sequence advantages.
-    old_logp: `[B, T]` token-aligned log π_old (from the sampler).
-    ref_logp: `[B, T]` token-aligned log π_ref (`reference_logprobs`), or
-      None when no KL is computed.
-  """
-  tokens: Array
-  loss_mask: Array
-  attention_mask: Array
-  advantages: Array
-  old_logp: Array
-  ref_logp: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from mosaic_jax.envs import entities as E, formats
-from mosaic_jax.envs.base import Environment, ToolError, tool
-from mosaic_jax.envs.tasks import Suite
+from mosaic_jax.envs.base import Environment, Suite, ToolError, tool
 
 PERMISSIONS = ("view", "comment", "edit")
 ACTIONS = ("book the venue", "draft the budget", "hire a contractor",

@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from mosaic_jax.envs import entities as E
-from mosaic_jax.envs.base import Environment, ToolError, tool
-from mosaic_jax.envs.tasks import Suite
+from mosaic_jax.envs.base import Environment, Suite, ToolError, tool
 
 CHANNELS = ("general", "engineering", "design", "sales", "finance")
 FINDINGS = ("remote teams ship faster with written plans",

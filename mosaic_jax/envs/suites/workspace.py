@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from mosaic_jax.envs import entities as E, formats
-from mosaic_jax.envs.base import Environment, ToolError, tool
-from mosaic_jax.envs.tasks import Suite
+from mosaic_jax.envs.base import Environment, Suite, ToolError, tool
 
 _EMAIL_RE = r"<([^<>\s]+@[^<>\s]+)>"
 TITLES = ("design review", "budget sync", "hiring panel", "client demo",
