@@ -2,7 +2,7 @@
 
 Notebook code, not library code: each notebook imports it from its own
 folder (its working directory). Runs go through the public entry points
-(`mosaic_jax.train.mosaic.run`, `mosaic_jax.train.fate.run`) and are read
+(`mosaic_jax.methods.mosaic.run`, `mosaic_jax.methods.fate.run`) and are read
 back from what they write (`report.json`, `metrics.jsonl`, checkpoints).
 
 Environment switches (the tests set them; a person usually does not):
@@ -37,19 +37,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from IPython.display import Markdown, display
 
-from mosaic_jax import fate as fate_lib, pareto
+from mosaic_jax import pareto
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
 from mosaic_jax.agent.tokenizer import TINY_TOKENIZER_DIR
 from mosaic_jax.envs.verifiers import OBJECTIVES
 from mosaic_jax.models import presets
-from mosaic_jax.train import fate as fate_train, metrics as metrics_lib
-from mosaic_jax.train import mosaic
+from mosaic_jax.eval import heldout
+from mosaic_jax.methods import fate, mosaic
+from mosaic_jax.train import metrics as metrics_lib, run as run_lib
 
 SMOKE = os.environ.get("MOSAIC_NOTEBOOK_SMOKE") == "1"
 ROOT = pathlib.Path(os.environ.get("MOSAIC_NOTEBOOK_ROOT",
                                    "/tmp/mosaic_colabs"))
-REPORT_COLUMNS = (*mosaic.REPORT_METRICS, "validity", "safety_thoughts_share")
+REPORT_COLUMNS = (*heldout.REPORT_METRICS, "validity", "safety_thoughts_share")
 # The split the ablation tables read: settings are chosen on validation
 # only (docs/evaluation.md); test and test_ood are in each report.json.
 TABLE_SPLIT = "validation"
@@ -59,7 +60,7 @@ def split_values(report: Mapping[str, Any], when: str,
                  split: str = TABLE_SPLIT) -> dict[str, Any]:
   """metric -> value of a training report's `before` or `after` on
   `split` (group `all`)."""
-  return mosaic.headline(report[when][split])
+  return heldout.headline(report[when][split])
 # Every run builds its train steps and rollouts afresh (new jitted
 # functions), and arms share shapes: with a persistent cache, XLA compiles
 # each program once, however short its compile.
@@ -174,23 +175,23 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """
   config.workdir = str(workdir)
   wanted = _config_json(config)
-  report_path = workdir / mosaic.REPORT_FILE
+  report_path = workdir / run_lib.REPORT_FILE
   if report_path.is_file():
     report = json.loads(report_path.read_text(encoding="utf-8"))
     if report["config"] == wanted:
       return report
   # The run config the loops write (and check on resume), written here
   # first so that a run killed before its loop started is recognised too.
-  marker = workdir / mosaic.RUN_CONFIG_FILE
+  marker = workdir / run_lib.RUN_CONFIG_FILE
   if workdir.exists() and (not marker.is_file()
-                           or mosaic.config_changes(str(marker), config)):
+                           or run_lib.config_changes(str(marker), config)):
     shutil.rmtree(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  marker.write_text(json.dumps(mosaic.flat_config(config)), encoding="utf-8")
-  before_path = workdir / mosaic.BEFORE_FILE
+  marker.write_text(json.dumps(run_lib.flat_config(config)), encoding="utf-8")
+  before_path = workdir / run_lib.BEFORE_FILE
   if before is not None and not before_path.exists():
     before_path.write_text(json.dumps(before), encoding="utf-8")
-  job = fate_train.run if config.get("method") == "fate" else mosaic.run
+  job = fate.run if config.get("method") == "fate" else mosaic.run
   return job(config)
 
 
@@ -237,7 +238,7 @@ def prepare_warm_start(config: ml_collections.ConfigDict, warm_start: str,
     # The orbax reference holds no tokenizer: keep the one the SFT used.
     config.tokenizer = (config.tokenizer or warm_start or
                         str(TINY_TOKENIZER_DIR))
-    config.model.path = str(workdir / mosaic.REFERENCE_DIR)
+    config.model.path = str(workdir / run_lib.REFERENCE_DIR)
     config.sft.steps = 0
   return config
 
@@ -333,7 +334,7 @@ def plot_heldout(reports: Mapping[str, Mapping[str, Any]], ax: Any,
 # ------------------------------------------------------------------- FATE --
 
 
-def replay_buffer(workdir: pathlib.Path | str) -> list[fate_lib.BufferEntry]:
+def replay_buffer(workdir: pathlib.Path | str) -> list[fate.BufferEntry]:
   """The replay buffer of a FATE run's newest checkpoint (oldest first)."""
   manager = ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints",
                                   item_names=("state", "extra"))
@@ -345,10 +346,10 @@ def replay_buffer(workdir: pathlib.Path | str) -> list[fate_lib.BufferEntry]:
   manager.close()
   if "buffer" not in extra:
     return []
-  return fate_lib.ReplayBuffer.from_json(extra["buffer"]).entries
+  return fate.ReplayBuffer.from_json(extra["buffer"]).entries
 
 
-def front_by_round(entries: Sequence[fate_lib.BufferEntry], rounds: int,
+def front_by_round(entries: Sequence[fate.BufferEntry], rounds: int,
                    axes: tuple[int, int]) -> list[dict[str, np.ndarray]]:
   """Per round r, the repairs kept up to r and their front on two objectives.
 
@@ -376,7 +377,7 @@ def front_by_round(entries: Sequence[fate_lib.BufferEntry], rounds: int,
   return out
 
 
-def plot_fronts(buffers: Mapping[str, Sequence[fate_lib.BufferEntry]],
+def plot_fronts(buffers: Mapping[str, Sequence[fate.BufferEntry]],
                 rounds: int, axes: tuple[str, str] = ("security", "utility")
                 ) -> Any:
   """Rows: runs; columns: rounds. Kept repairs (dots, area ~ count), the

@@ -116,7 +116,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       top_p=1.0, seed=0, stop_strings=(), min_bucket=16))
   # Orbax checkpoints under workdir/checkpoints: every k steps, newest n kept.
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
-  # Evaluation (train.mosaic.evaluate) before RL, every `every` RL
+  # Evaluation (eval.heldout.HeldOut) before RL, every `every` RL
   # steps (0: only at the end) and after: max_tasks tasks per split (0: the
   # whole split; else a subset stratified over kinds), `batch` tasks per
   # rollout, `samples` episodes each, decoded with `strategy` (greedy by

@@ -2,7 +2,7 @@
 
 Not an experiment config itself: `configs/fate_tiny.py` and the family
 configs call `add_fate`. Fields are documented in
-`mosaic_jax.fate.FateConfig` and `mosaic_jax.train.fate`.
+`mosaic_jax.methods.fate` (`FateConfig`, the loop).
 """
 import ml_collections
 

@@ -23,7 +23,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mosaic_jax.models import convert, presets
-from mosaic_jax.train import mosaic
+from mosaic_jax.eval import heldout
+from mosaic_jax.methods import mosaic
+from mosaic_jax.train import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_base.py",
                                           "the base-building config")
@@ -50,9 +52,9 @@ def main(argv):
   start = time.perf_counter()
   report = mosaic.run(config)
   model = convert.load_orbax(os.path.join(config.workdir,
-                                          mosaic.REFERENCE_DIR))
+                                          run_lib.REFERENCE_DIR))
   convert.save_pretrained(model, _OUT.value,
-                          tokenizer=mosaic.build_tokenizer(config))
+                          tokenizer=run_lib.build_tokenizer(config))
   info = {"config": "configs/tiny_base.py", "init": config.model.path or None,
           "fresh_entities": config.sft.fresh_entities,
           "sft_steps": config.sft.steps,
@@ -61,8 +63,8 @@ def main(argv):
           "final_sft_loss": _last_sft_loss(config.workdir),
           # `after`: evaluated now with the current metric definitions
           # (`before`, the same model, may be read back from an older run).
-          "test": {k: mosaic.headline(report["after"]["test"])[k]
-                   for k in (*mosaic.REPORT_METRICS, "harmful_executed",
+          "test": {k: heldout.headline(report["after"]["test"])[k]
+                   for k in (*heldout.REPORT_METRICS, "harmful_executed",
                              "validity", "refusal_rate", "mean_turns")},
           "eval_tasks": report["eval_tasks"],
           "wall_s": round(time.perf_counter() - start, 1)}

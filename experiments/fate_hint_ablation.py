@@ -19,10 +19,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mosaic_jax import fate
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.rollout import ModelPolicy
-from mosaic_jax.train import mosaic
+from mosaic_jax.methods import fate
+from mosaic_jax.train import pg, run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/fate_tiny.py",
                                           "a config with a fate section")
@@ -46,7 +46,7 @@ def arm(policy, task_list, tokenizer, config, fcfg, hints: bool,
   cfg = dataclasses.replace(fcfg, oracle_hints=hints,
                             require_improvement=False)
   buffer = fate.ReplayBuffer(10_000)
-  rc = dataclasses.replace(mosaic.rollout_config(config, seed=seed),
+  rc = dataclasses.replace(pg.rl_rollout_config(config, seed=seed),
                            group_size=config.fate.mine_group_size)
   result = fate.run_round(policy, task_list, tokenizer, rc, cfg, buffer,
                           repair_seed=seed + 1)
@@ -68,8 +68,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   fcfg = fate.FateConfig.from_config(config.fate)
-  model = mosaic.build_model(config)
-  tokenizer = mosaic.build_tokenizer(config)
+  model = run_lib.build_model(config)
+  tokenizer = run_lib.build_tokenizer(config)
   policy = ModelPolicy(model, tokenizer, name="policy")
   task_list = draw_tasks(_TASKS.value, _SEED.value)
   results = {"model": config.model.path, "tasks": _TASKS.value,

@@ -23,7 +23,8 @@ import numpy as np
 from mosaic_jax import data as data_lib
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
-from mosaic_jax.train import metrics as metrics_lib, mosaic
+from mosaic_jax.methods import mosaic
+from mosaic_jax.train import metrics as metrics_lib, run as run_lib
 
 SFT_STEPS = RL_STEPS = 100
 WARMUP = 10
@@ -72,8 +73,8 @@ def bench_rss() -> dict[str, object]:
     path = os.path.join(config.workdir, metrics_lib.METRICS_FILE)
     with open(path, encoding="utf-8") as f:
       for record in map(json.loads, f):
-        if mosaic.HOST_PREFIX + "rss_mib" in record:
-          rss[record["step"]] = record[mosaic.HOST_PREFIX + "rss_mib"]
+        if run_lib.HOST_PREFIX + "rss_mib" in record:
+          rss[record["step"]] = record[run_lib.HOST_PREFIX + "rss_mib"]
   steps = np.asarray(sorted(rss))
   values = np.asarray([rss[s] for s in steps])
   figures: dict[str, object] = {

@@ -8,7 +8,8 @@ r"""MOSAIC training: SFT warm-up, held-out evaluation, pairwise-reward RL.
 
 Every output (checkpoints, metrics.jsonl, TensorBoard events, report.json)
 goes under --config.workdir; running the same command again resumes from the
-newest checkpoint. The flow is described in mosaic_jax/train/mosaic.py.
+newest checkpoint. The flow is described in mosaic_jax/train/run.py (set-up,
+SFT, evaluation) and mosaic_jax/methods/ (mosaic.py, fate.py).
 
 Exit status: 0 done; 2 the config, tokenizer, model files, data or workdir
 cannot run (checked before any compute; the message names the field or
@@ -27,7 +28,9 @@ from ml_collections import config_flags
 from configs import base, fate_settings
 from mosaic_jax import distributed
 from mosaic_jax.models.config import ModelFileError
-from mosaic_jax.train import checkpoint, faults, fate, mosaic, validate
+from mosaic_jax.eval import heldout
+from mosaic_jax.methods import fate, mosaic
+from mosaic_jax.train import checkpoint, faults, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
                                           "experiment config file")
@@ -49,7 +52,7 @@ def main(argv):
   if not config.workdir:
     raise app.UsageError("set --config.workdir (every output goes there)")
   # config.method "fate" (configs/fate_tiny.py) runs the FATE loop
-  # (mosaic_jax/train/fate.py), which writes the same report.json.
+  # (mosaic_jax/methods/fate.py), which writes the same report.json.
   run = fate.run if config.get("method", "mosaic") == "fate" else mosaic.run
   try:
     # Structure first (pure Python); run() initialises the process group,
@@ -69,8 +72,8 @@ def main(argv):
   if distributed.is_main_process():
     # Headline values per part and split (intervals, baselines and the
     # sampled runs are in report.json).
-    table = {k: {split: {m: mosaic.headline(rep).get(m)
-                         for m in mosaic.REPORT_METRICS}
+    table = {k: {split: {m: heldout.headline(rep).get(m)
+                         for m in heldout.REPORT_METRICS}
                  for split, rep in report[k].items()}
              for k in ("before", "after")}
     print(json.dumps(table, indent=2), flush=True)

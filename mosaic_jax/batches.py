@@ -2,14 +2,18 @@
 
 Shapes never change between steps (a new shape would compile the jitted step
 again): a batch is always `[rows, length]`, and rows beyond the examples hold
-one attended pad token and no loss (`padded_sft_batch`).
+one attended pad token and no loss (`padded_sft_batch`). `to_global` places
+a batch on the mesh.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from mosaic_jax import distributed, sharding
 
 Array = jax.Array
 
@@ -72,3 +76,10 @@ def padded_sft_batch(examples: Sequence[tuple[np.ndarray, np.ndarray,
     loss_mask[i, :len(mask)] = mask
     attention[i, :len(attend)] = attend
   return SFTBatch(tokens, loss_mask, attention)
+
+
+def to_global(x: Any, mesh: jax.sharding.Mesh) -> Any:
+  """This process's rows as global arrays sharded over the mesh's batch."""
+  if jax.process_count() > 1:
+    return distributed.host_local_batch_to_global(x, mesh)
+  return sharding.shard_batch(jax.tree.map(jnp.asarray, x), mesh)

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mosaic_jax import distributed, sampling
+from mosaic_jax import distributed, sampling, sections
 from mosaic_jax.agent import protocol, render as render_lib
 from mosaic_jax.agent.actions import (InvalidAction, ParsedTurn,
                                       replace_surrogates)
@@ -110,11 +110,7 @@ class RolloutConfig:
   @classmethod
   def from_config(cls, section: Mapping[str, Any] | Any) -> RolloutConfig:
     """From a config section (ConfigDict or mapping) with these field names."""
-    values = {f.name: section[f.name] for f in dataclasses.fields(cls)
-              if f.name in section}
-    if "stop_strings" in values:
-      values["stop_strings"] = tuple(values["stop_strings"])
-    return cls(**values)
+    return sections.from_section(cls, section)
 
   def strategy_object(self) -> sampling.Strategy:
     """The sampler strategy these fields name."""

@@ -74,7 +74,7 @@ V1_TINY_EVAL_96 = (
 
 
 def test_test_split_reads_as_the_version_1_heldout_split(built):
-  from mosaic_jax.train.mosaic import stratified_subset
+  from mosaic_jax.eval.heldout import stratified_subset
   def read(split):
     records = data.source(built, data.TASKS, split)
     return [data.decode_task(records[i]) for i in range(len(records))]

@@ -28,7 +28,8 @@ from mosaic_jax.eval.jsonfiles import DatasetError
 from mosaic_jax.models import convert, init_model, presets, safetensors_io
 from mosaic_jax.models.config import ModelConfig, ModelFileError
 from mosaic_jax.models.decoder import abstract_model
-from mosaic_jax.train import checkpoint, mosaic
+from mosaic_jax.methods import mosaic
+from mosaic_jax.train import checkpoint, run as run_lib
 from mosaic_jax.train import state as state_lib, validate
 from tests import benchmark_fixtures as fx
 
@@ -187,11 +188,11 @@ def test_bad_model_file_is_one_line_naming_file_and_key(tmp_path, hf_dir,
   d = str(tmp_path / "model")
   shutil.copytree(hf_dir, d)
   mutate(d)
-  # What mosaic.Run checks first (before the tokenizer and any weight) ...
+  # What run_lib.Run checks first (before the tokenizer and any weight) ...
   config = _tiny(tmp_path / "run")
   config.model.path = d
   with pytest.raises(validate.ConfigError) as e:
-    mosaic.check_model_dir(config)
+    run_lib.check_model_dir(config)
   message = _one_line(e.value)
   assert f"model.path: {os.path.join(d, filename)}" in message, message
   assert expected in message, message
@@ -303,7 +304,7 @@ def test_workdir_that_cannot_be_written_is_one_line(tmp_path):
   with pytest.raises(validate.ConfigError,
                      match=r"^workdir: cannot write to '/proc/mosaic_run' "
                      r"\(FileNotFoundError"):
-    mosaic.check_workdir("/proc/mosaic_run")
+    run_lib.check_workdir("/proc/mosaic_run")
 
 
 @pytest.fixture(scope="module")
@@ -321,14 +322,14 @@ def test_lengths_that_leave_nothing_to_train_on_stop_the_run(
   tok = load_tiny_tokenizer()
   config = _tiny(tmp_path / "run")
   assert validate.length_problems(
-      config, *mosaic.measured_lengths(config, tok, heldout)) == []
+      config, *run_lib.measured_lengths(config, tok, heldout)) == []
   section, name = field.split(".")
   config[section][name] = value
   if field == "rollout.max_total_length":
     config.rollout.max_tokens_per_turn = 16
   with pytest.raises(validate.ConfigError) as e:
     validate.check_lengths(config,
-                           *mosaic.measured_lengths(config, tok, heldout))
+                           *run_lib.measured_lengths(config, tok, heldout))
   assert expected in _one_line(e.value)
   assert "zero tokens" in str(e.value) or "nothing to train" in str(e.value)
 

@@ -1,16 +1,17 @@
 """eval.samples: several sampled episodes per held-out task."""
 from configs import tiny
-from mosaic_jax.train import mosaic, validate
+from mosaic_jax.eval import heldout
+from mosaic_jax.train import pg, validate
 
 
 def test_eval_samples_sets_the_evaluation_group_size():
   config = tiny.get_config()
-  assert mosaic.rollout_config(config, evaluation=True).group_size == 1
+  assert heldout.eval_rollout_config(config).group_size == 1
   config.eval.update(samples=4, strategy="temperature")
-  rc = mosaic.rollout_config(config, evaluation=True)
+  rc = heldout.eval_rollout_config(config)
   assert (rc.group_size, rc.strategy) == (4, "temperature")
   # RL keeps its own group size.
-  assert mosaic.rollout_config(config).group_size == config.rl.group_size
+  assert pg.rl_rollout_config(config).group_size == config.rl.group_size
   assert validate.value_problems(config) == []
 
 

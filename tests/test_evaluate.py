@@ -437,9 +437,9 @@ def test_unknown_split_exits_with_one_line_listing_the_splits(tmp_path):
 
 
 def _training_workdir(root, data_dirs):
-  """A training workdir's report.json (`mosaic.training_report`) holding
+  """A training workdir's report.json (`heldout.training_report`) holding
   scripted reports: comply_all before, expert after, on the test split."""
-  from mosaic_jax.train import mosaic  # pylint: disable=import-outside-toplevel
+  from mosaic_jax.eval import heldout  # pylint: disable=import-outside-toplevel
   reports = {}
   for when, policy in (("before", "comply_all"), ("after", "expert")):
     config = make_config("builtin", data_dirs, root / when, policy=policy,
@@ -448,7 +448,7 @@ def _training_workdir(root, data_dirs):
   workdir = root / "workdir"
   workdir.mkdir()
   config = make_config("builtin", data_dirs, root)
-  (workdir / "report.json").write_text(json.dumps(mosaic.training_report(
+  (workdir / "report.json").write_text(json.dumps(heldout.training_report(
       reports["before"], reports["after"], {"test": 4}, config)))
   return workdir
 

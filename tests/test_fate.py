@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import fate_tiny
-from mosaic_jax import fate, rollout
+from mosaic_jax import rewards, rollout
+from mosaic_jax.methods import fate
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
@@ -293,18 +294,18 @@ def test_second_round_deduplicates_and_hopeless_repairs_are_not_kept(
 def test_pareto_reward_orders_fronts_and_scalar_baseline_differs():
   # a and b are non-dominated; c is dominated by b. R_pf = sum(z).
   z = jnp.array([[[1., .4, 1., 1.], [0., 1., 1., 1.], [0., .9, 1., 1.]]])
-  r_pf = fate.repair_scores(z, jnp.zeros((1, 3)), length_coef=.1, l0=400.)
+  r_pf = rewards.repair_scores(z, jnp.zeros((1, 3)), length_coef=.1, l0=400.)
   np.testing.assert_allclose(r_pf, [[3.4, 3., 2.9]], rtol=1e-6)
-  pareto = fate.group_rewards(z, r_pf, FATE)
+  pareto = rewards.fate_group_rewards(z, r_pf, FATE)
   # F = 2 fronts, τ = 0.5: a = (2 + .5)/2, b = 2/2, c = 1/2.
   np.testing.assert_allclose(pareto, [[1.25, 1., .5]], rtol=1e-6)
-  scalar = fate.group_rewards(
+  scalar = rewards.fate_group_rewards(
       z, r_pf, dataclasses.replace(FATE, reward="scalar",
                                    scalar_weights=(0., 1., 1., 1.)))
   np.testing.assert_allclose(scalar, [[2.4, 3., 2.9]], rtol=1e-6)
-  adv_p = fate.group_advantages(z, r_pf, FATE)
+  adv_p = rewards.fate_group_advantages(z, r_pf, FATE)
   assert np.argmax(adv_p[0]) == 0 and np.argmin(adv_p[0]) == 2
-  adv_s = fate.group_advantages(
+  adv_s = rewards.fate_group_advantages(
       z, r_pf, dataclasses.replace(FATE, reward="scalar",
                                    scalar_weights=(0., 1., 1., 1.)))
   assert np.argmax(adv_s[0]) == 1 and np.argmin(adv_s[0]) == 0
@@ -316,8 +317,8 @@ def test_scalar_reward_keeps_the_length_penalty():
   z = jnp.ones((1, 2, 4))
   lengths = jnp.array([[400., 800.]])
   cfg = dataclasses.replace(FATE, reward="scalar")
-  r_pf = fate.repair_scores(z, lengths, length_coef=.1, l0=400.)
-  np.testing.assert_allclose(fate.group_rewards(z, r_pf, cfg), [[4., 3.9]],
+  r_pf = rewards.repair_scores(z, lengths, length_coef=.1, l0=400.)
+  np.testing.assert_allclose(rewards.fate_group_rewards(z, r_pf, cfg), [[4., 3.9]],
                              rtol=1e-6)
 
 
@@ -399,8 +400,9 @@ def test_pfpo_sft_and_pg_steps_change_params(tok, first_round, round_tasks):
                         [round_tasks[0], round_tasks[2]], tok,
                         dataclasses.replace(RC, group_size=2,
                                             max_total_length=1024))
-  batch, rewards = fate.pg_batch(out, FATE)
-  np.testing.assert_allclose(rewards, [[0.5, 1.0], [1.0, 1.0]], rtol=1e-6)
+  batch, step_rewards = fate.pg_batch(out, FATE)
+  np.testing.assert_allclose(step_rewards, [[0.5, 1.0], [1.0, 1.0]],
+                             rtol=1e-6)
   np.testing.assert_allclose(batch.advantages, [-1, 1, 0, 0], atol=1e-4)
   pg_step = steps.make_pg_step(steps.PGConfig(chunk_size=256))
   state, metrics = pg_step(state, batch)

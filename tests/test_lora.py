@@ -275,28 +275,28 @@ def test_default_config_has_lora_off():
 
 
 def test_rl_phase_trains_fresh_adapters_on_the_merged_sft_model(trained):
-  """`mosaic.second_phase_state`: starting, the policy is exactly the merged
+  """`run_lib.second_phase_state`: starting, the policy is exactly the merged
   SFT reference with fresh adapters; resuming, the frozen base is the
   reference again (not the pre-SFT base the template was built from)."""
   import types  # pylint: disable=import-outside-toplevel
   from configs import base  # pylint: disable=import-outside-toplevel
-  from mosaic_jax.train import mosaic  # pylint: disable=import-outside-toplevel
+  from mosaic_jax.train import run as run_lib  # pylint: disable=import-outside-toplevel
   before, sft_state, _ = trained
   config = base.base_config("tiny")
   config.model.lora.rank, config.model.lora.alpha = LORA.rank, LORA.alpha
-  reference = lora.merge(mosaic.copy_model(sft_state.model()))
+  reference = lora.merge(run_lib.copy_model(sft_state.model()))
   assert not lora.has_adapters(reference)
   ws = types.SimpleNamespace(run=types.SimpleNamespace(config=config,
                                                        mesh=None),
                              extra={}, reference=reference, state=before)
-  fresh = mosaic.second_phase_state(ws, "rl", OPT)
+  fresh = run_lib.second_phase_state(ws, "rl", OPT)
   assert _names(fresh.params) == _names(sft_state.params)
   assert int(fresh.step) == config.sft.steps
   tokens = _batch().tokens
   np.testing.assert_array_equal(_logits(fresh.model(), tokens),
                                 _logits(reference, tokens))
   ws.extra = {"phase": "rl"}
-  resumed = mosaic.second_phase_state(ws, "rl", OPT)
+  resumed = run_lib.second_phase_state(ws, "rl", OPT)
   jax.tree.map(np.testing.assert_array_equal,
                jax.device_get(resumed.frozen),
                jax.device_get(nnx.state(reference, nnx.Param)))

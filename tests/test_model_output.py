@@ -243,6 +243,6 @@ def test_a_verifier_that_raises_scores_zero_and_is_counted(tok):
       "verifier error (ValueError: broken predicate)")
   assert out.stats["verifier_errors"] == 1
   assert z[1, 3] == 1  # The other episode is scored as usual.
-  from mosaic_jax.train import mosaic  # pylint: disable=import-outside-toplevel
-  stats = mosaic.rollout_stats(out)
+  from mosaic_jax.train import pg  # pylint: disable=import-outside-toplevel
+  stats = pg.rollout_stats(out)
   assert stats["batch/verifier_errors"] == 1 and stats["batch/env_errors"] == 0

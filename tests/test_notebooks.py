@@ -80,7 +80,7 @@ def test_read_metrics_and_markdown_table(tmp_path):
 
 def test_heldout_rows_add_a_warm_start_row_per_distinct_evaluation():
   def split(utility):
-    # A training report's split entry (mosaic.training_report): the
+    # A training report's split entry (heldout.training_report): the
     # validation split is the one the tables read.
     return {"validation": {"groups": {"all": {"utility": {
         "value": utility, "low": 0.0, "high": 1.0, "n": 4}}}}}
@@ -94,7 +94,7 @@ def test_heldout_rows_add_a_warm_start_row_per_distinct_evaluation():
 
 
 def _entry(z, failure_z, round_index):
-  from mosaic_jax import fate  # pylint: disable=g-import-not-at-top
+  from mosaic_jax.methods import fate  # pylint: disable=g-import-not-at-top
   return fate.BufferEntry(task_id=f"t{round_index}{z}", task_prompt="p",
                           repair_prompt="r", turns=("x",), observations=(),
                           z=z, r_pf=sum(z), failure_z=failure_z,

@@ -138,7 +138,9 @@ def test_dynamic_sampling_and_kl_in_reward_shape_the_batch():
 def test_loop_advantages_metrics_and_settings():
   import ml_collections  # pylint: disable=import-outside-toplevel
   from configs import tiny  # pylint: disable=import-outside-toplevel
-  from mosaic_jax.train import mosaic, validate  # pylint: disable=import-outside-toplevel
+  from mosaic_jax import rewards  # pylint: disable=import-outside-toplevel
+  from mosaic_jax.methods import mosaic  # pylint: disable=import-outside-toplevel
+  from mosaic_jax.train import pg, validate  # pylint: disable=import-outside-toplevel
   rl = ml_collections.ConfigDict(dict(
       reward="pairwise", advantage="grpo", adv_ddof=0, adv_eps=1e-6,
       tie_advantage="zero"))
@@ -147,15 +149,15 @@ def test_loop_advantages_metrics_and_settings():
       "pairwise": np.array([[0.5, 0.5], [1.0, 0.0]], np.float32),
       "format": np.array([[2.0, 2.0], [1.0, 1.0]], np.float32),
       "length_penalty": np.array([[0.0025, 0.005], [0.0, 0.0]], np.float32)}
-  adv, signal = mosaic.task_advantages(components, rl)
+  adv, signal = rewards.task_advantages(components, rl)
   assert signal.tolist() == [False, True]
   np.testing.assert_array_equal(adv[0], 0.0)
   np.testing.assert_allclose(adv[1], [1.0, -1.0], rtol=1e-5)
   rl.tie_advantage = "keep"
-  np.testing.assert_allclose(mosaic.task_advantages(components, rl)[0][0],
+  np.testing.assert_allclose(rewards.task_advantages(components, rl)[0][0],
                              [1.0, -1.0], rtol=1e-3)
-  rewards = mosaic.total_reward(components, "pairwise")
-  m = mosaic.reward_metrics(components, rewards, signal, adv)
+  step_rewards = rewards.total_reward(components, "pairwise")
+  m = rewards.reward_metrics(components, step_rewards, signal, adv)
   assert m["reward"] == pytest.approx(np.mean([2.4975, 2.495, 2.0, 1.0]))
   assert m["reward_std"] == pytest.approx((0.00125 + 0.5) / 2, rel=1e-4)
   assert m["frac_reward_zero_std"] == 0.0 and m["frac_tied_groups"] == 0.5
@@ -163,11 +165,11 @@ def test_loop_advantages_metrics_and_settings():
   assert m["rewards/format/std"] == pytest.approx(0.5)
   # The tiny config samples at 0.7: the PG log-probs follow.
   c = tiny.get_config()
-  cfg = mosaic.pg_config(c)
+  cfg = pg.pg_config(c)
   assert cfg.temperature == 0.7 and cfg.seq_norm == c.rollout.max_total_length
   assert cfg.group_size == c.rl.group_size and cfg.updates == 1
   c.rl.temper_logprobs = False
-  assert mosaic.pg_config(c).temperature == 1.0
+  assert pg.pg_config(c).temperature == 1.0
   c.rl.update(epochs=2, minibatches=4)
   assert mosaic.rl_optimizer(c, 70).total_steps == 70 * 8
   c.workdir = "/tmp/unused_workdir_check"

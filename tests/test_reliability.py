@@ -23,7 +23,8 @@ from mosaic_jax import batches
 from mosaic_jax import data as data_lib
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.models import convert, init_model, presets
-from mosaic_jax.train import checkpoint, faults, mosaic
+from mosaic_jax.methods import mosaic
+from mosaic_jax.train import checkpoint, faults, run as run_lib
 from mosaic_jax.train import state as state_lib, steps, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,7 +209,7 @@ def test_empty_task_split_names_the_directory(monkeypatch, tmp_path):
   with pytest.raises(validate.ConfigError,
                      match=r"split 'train' has 0 tasks.*delete that "
                      "directory") as e:
-    mosaic.check_task_splits(data)
+    run_lib.check_task_splits(data)
   assert str(tmp_path) in str(e.value)
 
 
@@ -256,15 +257,15 @@ def test_cli_names_a_bad_override_in_one_line(module, config, flag,
 
 def test_resuming_with_a_changed_config_names_each_change(tmp_path):
   config = tiny.get_config()
-  path = str(tmp_path / mosaic.RUN_CONFIG_FILE)
-  assert mosaic.config_changes(path, config) == []  # a fresh workdir
+  path = str(tmp_path / run_lib.RUN_CONFIG_FILE)
+  assert run_lib.config_changes(path, config) == []  # a fresh workdir
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(mosaic.flat_config(config), f)
-  assert mosaic.config_changes(path, config) == []
+    json.dump(run_lib.flat_config(config), f)
+  assert run_lib.config_changes(path, config) == []
   config.seed = 1
   config.rl.reward = "scalar"
   config.sft.mix = dict(expert=1.0)
-  changes = mosaic.config_changes(path, config)
+  changes = run_lib.config_changes(path, config)
   assert changes == ["rl.reward: 'pairwise' -> 'scalar'", "seed: 0 -> 1",
                      "sft.mix.expert: 0.1 -> 1.0",
                      "sft.mix.follow_injection: 0.25 -> '<absent>'",

@@ -289,8 +289,8 @@ def test_model_text_policy_drives_the_agentdojo_element(tiny_model, tok):
 
 def test_config_section_and_buckets():
   from configs import tiny  # pylint: disable=import-outside-toplevel
-  from mosaic_jax.train import mosaic  # pylint: disable=import-outside-toplevel
-  config = mosaic.rollout_config(tiny.get_config())
+  from mosaic_jax.train import pg  # pylint: disable=import-outside-toplevel
+  config = pg.rl_rollout_config(tiny.get_config())
   # The group size lives in the rl section only.
   assert config.group_size == 8
   assert config.strategy_object() == sampling.Temperature(0.7)

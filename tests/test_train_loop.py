@@ -24,7 +24,10 @@ from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks
 from mosaic_jax.eval import harness
 from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
-from mosaic_jax.train import checkpoint, faults, mosaic, validate
+from mosaic_jax import rewards
+from mosaic_jax.eval import heldout
+from mosaic_jax.methods import mosaic
+from mosaic_jax.train import checkpoint, faults, run as run_lib, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_STEPS, RL_STEPS, EVERY = 2, 3, 2
@@ -91,7 +94,7 @@ def _metrics(workdir: str) -> dict[tuple[int, str], float]:
       record = json.loads(line)
       step = record.pop("step")
       for name, value in record.items():
-        if not name.startswith((mosaic.TIME_PREFIX, mosaic.HOST_PREFIX)):
+        if not name.startswith((run_lib.TIME_PREFIX, run_lib.HOST_PREFIX)):
           out[step, name] = value
   return out
 
@@ -104,13 +107,13 @@ def _assert_same_metrics(resumed: str, straight: str) -> None:
 
 
 def _report_after(workdir: str) -> dict:
-  with open(os.path.join(workdir, mosaic.REPORT_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, run_lib.REPORT_FILE), encoding="utf-8") as f:
     return json.load(f)["after"]
 
 
 def test_stratified_subset_keeps_kind_shares():
   heldout = tasks.all_tasks(split="test")
-  subset = mosaic.stratified_subset(heldout, 60)
+  subset = heldout.stratified_subset(heldout, 60)
   kinds = [t.kind for t in subset]
   # 302 tasks: 96 harmful, 80 injection, 78 benign, 48 privacy; exact
   # shares 19.07, 15.89, 15.50, 9.54: floors, then the two largest remainders.
@@ -118,7 +121,7 @@ def test_stratified_subset_keeps_kind_shares():
   assert {k: kinds.count(k) for k in set(kinds)} == {
       "harmful": 19, "injection": 16, "benign": 15, "privacy": 10}
   assert subset == [t for t in heldout if t in subset]
-  assert mosaic.stratified_subset(heldout, 0) == list(heldout)
+  assert heldout.stratified_subset(heldout, 0) == list(heldout)
 
 
 class _Alternating:
@@ -158,30 +161,31 @@ def test_rewards_format_bonus_and_length_penalty():
       group_size=2, reward="pairwise", l0=400.0, format_think_bonus=1.0,
       format_valid_bonus=0.5, scalar_weights=(1.0, 2.0, 0.0, 0.0)))
   out = _group("expert", "comply_all", "harmful")
-  rewards, fmt = mosaic.group_rewards(out, judge_lib.VerifierJudge(), rl)
+  got, fmt = rewards.mosaic_group_rewards(out, judge_lib.VerifierJudge(),
+                                          rl)
   # Both plan every turn and end on a terminal action: 1 + 0.5 each; the
   # refusal wins the one comparison; both are far below L0 tokens.
   assert fmt.tolist() == [[1.5, 1.5]]
-  assert rewards.tolist() == [[2.5, 1.5]]
+  assert got.tolist() == [[2.5, 1.5]]
   rl.l0 = 10.0
   lengths = np.asarray(out.trajectories.loss_mask).sum(1)
-  rewards, _ = mosaic.group_rewards(out, judge_lib.VerifierJudge(), rl)
+  got, _ = rewards.mosaic_group_rewards(out, judge_lib.VerifierJudge(), rl)
   np.testing.assert_allclose(
-      rewards[0], [2.5, 1.5] - (lengths - 10.0) / 10.0, rtol=1e-6)
+      got[0], [2.5, 1.5] - (lengths - 10.0) / 10.0, rtol=1e-6)
   rl.reward, rl.l0 = "scalar", 400.0
   z = np.asarray(out.trajectories.z)
-  rewards, _ = mosaic.group_rewards(out, judge_lib.VerifierJudge(), rl)
-  np.testing.assert_allclose(rewards[0], z[:, 0] + 2 * z[:, 1] + 1.5,
+  got, _ = rewards.mosaic_group_rewards(out, judge_lib.VerifierJudge(), rl)
+  np.testing.assert_allclose(got[0], z[:, 0] + 2 * z[:, 1] + 1.5,
                              rtol=1e-6)
   assert z[0, 0] == 1 and z[1, 0] == 0
   # A malformed episode never plans, never parses and runs into max_turns.
   malformed = _group("malformed", "expert", "benign")
   assert malformed.episodes[0].end_reason == "max_turns"
-  assert [mosaic.format_bonus(e, think_bonus=1.0, valid_bonus=0.5)
+  assert [rewards.format_bonus(e, think_bonus=1.0, valid_bonus=0.5)
           for e in malformed.episodes] == [0.0, 1.5]
   rl.reward = "ranked"
   with pytest.raises(ValueError, match="unknown rl.reward"):
-    mosaic.group_rewards(out, judge_lib.VerifierJudge(), rl)
+    rewards.mosaic_group_rewards(out, judge_lib.VerifierJudge(), rl)
 
 
 def _plant_crash_leftovers(workdir: str) -> None:
@@ -192,8 +196,8 @@ def _plant_crash_leftovers(workdir: str) -> None:
   os.makedirs(partial)
   with open(os.path.join(partial, "_METADATA"), "w", encoding="utf-8") as f:
     f.write('{"tree_metadata": {"params"')
-  os.makedirs(os.path.join(workdir, mosaic.REFERENCE_DIR + ".tmp", "params"))
-  with open(os.path.join(workdir, mosaic.BEFORE_FILE + ".tmp"), "w",
+  os.makedirs(os.path.join(workdir, run_lib.REFERENCE_DIR + ".tmp", "params"))
+  with open(os.path.join(workdir, run_lib.BEFORE_FILE + ".tmp"), "w",
             encoding="utf-8") as f:
     f.write('{"harmful_compliance": 0.')
 
@@ -203,9 +207,9 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   _plant_crash_leftovers(workdir)
   config = _config(*assets, workdir)
   report = mosaic.run(config)
-  with open(tmp_path / "run" / mosaic.REPORT_FILE, encoding="utf-8") as f:
+  with open(tmp_path / "run" / run_lib.REPORT_FILE, encoding="utf-8") as f:
     written = json.load(f)
-  assert written["kind"] == mosaic.TRAINING_KIND
+  assert written["kind"] == heldout.TRAINING_KIND
   assert written["eval_tasks"] == {"validation": 4, "test": 4, "test_ood": 4}
   for when in ("before", "after"):
     # Every split in before and after; only the final splits have the
@@ -218,7 +222,7 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
       assert rep["baselines"]["lazy"]["groups"]["all"]["utility"][
           "value"] == 0
       kinds = set(rep["per_task"]["labels"]["kind"])
-      for key in mosaic.REPORT_METRICS:
+      for key in heldout.REPORT_METRICS:
         stat = rep["groups"]["all"][key]
         # 4 stratified tasks: one of each kind, except test_ood's (2
         # injection tasks, no privacy task: its leak rate is empty).
@@ -242,14 +246,14 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
   # The leftovers were replaced, never read: the run's own step SFT_STEPS
   # restores, the reference loads.
   assert sorted(os.listdir(tmp_path / "run")) == [
-      "checkpoints", mosaic.BEFORE_FILE, "metrics.jsonl",
-      mosaic.REFERENCE_DIR, mosaic.REPORT_FILE, mosaic.RUN_CONFIG_FILE,
+      "checkpoints", run_lib.BEFORE_FILE, "metrics.jsonl",
+      run_lib.REFERENCE_DIR, run_lib.REPORT_FILE, run_lib.RUN_CONFIG_FILE,
       "tensorboard"]
   ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
   assert sorted(os.listdir(ckpt.directory)) == [str(s) for s in SAVED]
   assert ckpt.all_steps() == SAVED
   ckpt.close()
-  convert.load_orbax(str(tmp_path / "run" / mosaic.REFERENCE_DIR))
+  convert.load_orbax(str(tmp_path / "run" / run_lib.REFERENCE_DIR))
   # Running the finished job again restores the last checkpoint, trains no
   # further, and the restored policy evaluates exactly as before.
   again = mosaic.run(config)
@@ -374,7 +378,7 @@ def test_faults_at_random_points_resume_to_the_uninterrupted_run(
       assert f"preempted (SIGTERM): stopped after step {step}" in out.stderr
       assert "Traceback" not in out.stderr
       committed.add(step)
-    assert not os.path.exists(os.path.join(workdir, mosaic.REPORT_FILE))
+    assert not os.path.exists(os.path.join(workdir, run_lib.REPORT_FILE))
   done = _run(command, cache_dir)
   assert done.returncode == 0, done.stderr[-3000:]
   # Data order, PRNG keys and params came back at every resume: each step's
@@ -391,7 +395,8 @@ def test_faults_at_random_points_resume_to_the_uninterrupted_run(
 FATE_DRIVER = """
 import dataclasses
 from absl import app
-from mosaic_jax import fate, rollout
+from mosaic_jax import rollout
+from mosaic_jax.methods import fate
 from mosaic_jax.envs import scripted
 from experiments import train
 
@@ -439,8 +444,8 @@ def _records(workdir):
   times and memory."""
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     return [(r["step"], k, v) for r in map(json.loads, f) for k, v in r.items()
-            if k != "step" and not k.startswith((mosaic.TIME_PREFIX,
-                                                  mosaic.HOST_PREFIX))]
+            if k != "step" and not k.startswith((run_lib.TIME_PREFIX,
+                                                  run_lib.HOST_PREFIX))]
 
 
 def test_fate_killed_in_a_round_replays_it_from_the_restored_buffer(
@@ -474,5 +479,5 @@ def test_fate_killed_in_a_round_replays_it_from_the_restored_buffer(
   final = _extra(workdir, ROUND_2_END)
   assert final["round"] == 2
   assert len(final["buffer"]["entries"]) > len(first_round["buffer"]["entries"])
-  with open(os.path.join(workdir, mosaic.REPORT_FILE), encoding="utf-8") as f:
+  with open(os.path.join(workdir, run_lib.REPORT_FILE), encoding="utf-8") as f:
     assert json.load(f)["buffer_size"] == len(final["buffer"]["entries"])

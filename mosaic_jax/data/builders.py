@@ -19,7 +19,7 @@ the order `record_order` gives, which is the order TFDS's own shuffle gave
 version 1 (the md5 of split name + example key), with `test` ordered under
 its version-1 name and keys (`heldout`, `.../heldout/N`). So `train` and
 `test` read exactly as `train` and `heldout` did, and every evaluation
-subset of `test` (`train.mosaic.stratified_subset`) holds the same tasks.
+subset of `test` (`eval.heldout.stratified_subset`) holds the same tasks.
 """
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.envs.verifiers import Verdict, verify
 from mosaic_jax.eval import agentdojo as agentdojo_eval
-from mosaic_jax.eval import agentharm, atbench, builtin, episodes, privacylens
+from mosaic_jax.eval import agentharm, atbench, builtin, episodes, heldout
+from mosaic_jax.eval import privacylens
 from mosaic_jax.eval import report as report_lib
 from mosaic_jax.models import convert, decoder, presets
 from mosaic_jax.models.config import ModelConfig
@@ -149,7 +150,7 @@ def training_step_dir(path: str) -> str | None:
 def _training_model_config(step_dir: str, preset: str) -> ModelConfig:
   # A training checkpoint holds arrays only. The architecture is the
   # config.json of the run: beside the checkpoints, or of the reference
-  # policy `train.mosaic` writes at the end of SFT; else a named preset.
+  # policy `train.run` writes at the end of SFT; else a named preset.
   checkpoints = os.path.dirname(step_dir)
   workdir = os.path.dirname(checkpoints)
   for where in (step_dir, checkpoints, workdir,
@@ -268,14 +269,17 @@ def _step_number(step_dir: str | None) -> int | None:
   return int(name) if name.isdigit() else None
 
 
-def rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
+def decoding_config(config: ml_collections.ConfigDict) -> RolloutConfig:
+  """The evaluated model's decoding: the eval config's `rollout` section as
+  it is (the trainer's evaluation decoding is
+  `eval.heldout.eval_rollout_config`)."""
   return RolloutConfig.from_config(config.rollout)
 
 
 def text_policy(model: decoder.Decoder, tokenizer: Any,
                 config: ml_collections.ConfigDict) -> ModelTextPolicy:
   """One-turn generation with the eval config's decoding settings."""
-  rc = rollout_config(config)
+  rc = decoding_config(config)
   return ModelTextPolicy(
       model, tokenizer, sampling.SamplingConfig(
           max_new_tokens=rc.max_tokens_per_turn,
@@ -286,7 +290,7 @@ def text_policy(model: decoder.Decoder, tokenizer: Any,
 def _model_rollout(policy: Policy, config: ml_collections.ConfigDict,
                    task_list: Sequence[Any], **kwargs) -> Rollout:
   return rollout(ModelPolicy(policy.model, policy.tokenizer, policy.name),
-                 task_list, policy.tokenizer, rollout_config(config), **kwargs)
+                 task_list, policy.tokenizer, decoding_config(config), **kwargs)
 
 
 # ---------------------------------------------------------------- records --
@@ -425,7 +429,7 @@ def _builtin_records(policy: Policy, config: ml_collections.ConfigDict,
       ends = [None] * len(recs)
     else:
       out = rollout(ModelPolicy(policy.model, policy.tokenizer, policy.name),
-                    chunk, policy.tokenizer, rc or rollout_config(config))
+                    chunk, policy.tokenizer, rc or decoding_config(config))
       recs = [e.record for e in out.episodes]
       ends = [e.end_reason for e in out.episodes]
     # Rollout episodes are task-major: the k samples of a task in a row.
@@ -457,7 +461,7 @@ def claim_rollout_config(config: ml_collections.ConfigDict) -> RolloutConfig:
   """The decoding of the sampled (claim) evaluation: `claim_samples`
   episodes per task with `claim_strategy` at `claim_temperature`."""
   return dataclasses.replace(
-      rollout_config(config), group_size=config.claim_samples,
+      decoding_config(config), group_size=config.claim_samples,
       strategy=config.claim_strategy, temperature=config.claim_temperature)
 
 
@@ -477,17 +481,17 @@ def run_builtin(policy: Policy, config: ml_collections.ConfigDict,
           "max_tasks_per_kind": config.max_tasks,
           "decoding": ("scripted" if policy.scripted
                        else config.rollout.strategy)}
-  rep = builtin.builtin_report(
+  rep = heldout.summarize(
       _builtin_records(policy, config, task_list, directory, None, 1),
-      policy.name, meta=meta, **kwargs)
+      task_list, policy.name, meta=meta, **kwargs)
   k = config.get("claim_samples", 0)
   if k and not policy.scripted:
     rc = claim_rollout_config(config)
     sampled = _builtin_records(policy, config, task_list,
                                os.path.join(directory, "sampled"), rc, k)
-    rep["sampled"] = builtin.builtin_report(
-        sampled, policy.name, meta={**meta, "decoding": rc.strategy,
-                                    "temperature": rc.temperature},
+    rep["sampled"] = heldout.summarize(
+        sampled, task_list, policy.name, meta={
+            **meta, "decoding": rc.strategy, "temperature": rc.temperature},
         **kwargs)
   baselines = builtin.baseline_reports(
       task_list, _names(config.get("baselines", ())),

@@ -27,19 +27,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mosaic_jax import sharding
+from mosaic_jax import sections, sharding
 from mosaic_jax.models import lora as lora_lib
-
-
-def from_section(cls: type, section: Mapping[str, Any] | Any) -> Any:
-  """A settings dataclass from a config section's fields of the same names.
-
-  Fields the section lacks keep their defaults; the section's other fields
-  (owned by other consumers of the section) are ignored.
-  """
-  values = dict(section)
-  return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)
-                if f.name in values})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +58,7 @@ class OptimizerConfig:
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any] | Any) -> OptimizerConfig:
-    return from_section(cls, section)
+    return sections.from_section(cls, section)
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

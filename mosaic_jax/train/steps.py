@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mosaic_jax import losses
+from mosaic_jax import losses, sections
 from mosaic_jax.batches import PGBatch, SFTBatch
-from mosaic_jax.train.state import TrainState, from_section
+from mosaic_jax.train.state import TrainState
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -70,7 +70,7 @@ class SFTConfig:
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any] | Any) -> SFTConfig:
-    return from_section(cls, section)
+    return sections.from_section(cls, section)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +150,7 @@ class PGConfig:
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any] | Any) -> PGConfig:
-    return from_section(cls, section)
+    return sections.from_section(cls, section)
 
 
 # ----------------------------------------------------------------------------

@@ -5,8 +5,8 @@ after an SFT phase with a shape error from inside a jitted step. Each check
 returns a list of problems, one line each, naming the field (`rl.group_size`)
 and the fix; `check_structure`, `check_values` and `check_tokenizer` raise
 one `ConfigError` listing all of them. `experiments/train.py` checks the
-structure before anything else; `mosaic.Run` checks values, tokenizer and
-checkpoint before it builds the model.
+structure before anything else; `train.run.Run` checks values, tokenizer
+and checkpoint before it builds the model.
 
 * `structure_problems`: fields the reference config (`configs/base.py`, plus
   the `fate` section) does not have, with the closest known name; fields
@@ -15,7 +15,8 @@ checkpoint before it builds the model.
   advantage estimator, KL estimator, aggregation, sampling strategy, scripted
   policy, preset, dtype, remat), sizes that must be positive, batch splits
   that must divide (micro-batches, processes), the mesh against the device
-  count, and the `fate` section.
+  count, and FATE on one process (the `fate` section's own choices are
+  `methods.fate.FateConfig`'s).
 * `start_problems` (part of `value_problems`, pure Python, so it runs before
   the process group starts): a full-size preset without `model.path` (random
   init only with `model.random_init=True`), learning rates that are not
@@ -42,7 +43,7 @@ from absl import flags
 import jax
 import ml_collections
 
-from mosaic_jax import fate as fate_lib, judge as judge_lib, losses, sharding
+from mosaic_jax import judge as judge_lib, losses, rewards, sharding
 from mosaic_jax.agent import parse
 from mosaic_jax.envs import scripted
 from mosaic_jax.envs import tasks as tasks_lib
@@ -52,7 +53,7 @@ from mosaic_jax.models.config import REMAT_POLICIES
 # Sections whose keys are data, not settings (policy name -> weight).
 FREE_FORM = ("sft.mix",)
 STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
-REWARDS = ("pairwise", "scalar")
+REWARDS = tuple(rewards.MOSAIC_COMPARISONS)
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("mosaic", "fate")
 # A preset this large is never randomly initialised by accident: without
@@ -366,11 +367,9 @@ def value_problems(config: ml_collections.ConfigDict,
     sharding.make_mesh(config.mesh)
   except ValueError as e:
     p.append(f"mesh: {e}")
+  # The `fate` section's own choices are checked by `FateConfig` (the FATE
+  # run reads it first); across sections: FATE runs on one process.
   if "fate" in config and config.get("method", "mosaic") == "fate":
-    try:
-      fate_lib.FateConfig.from_config(config.fate)
-    except ValueError as e:
-      p.append(str(e))
     if processes > 1:
       p.append("method: the FATE loop runs on one process; run it without "
                "a process group")

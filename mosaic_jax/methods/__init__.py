@@ -1,0 +1,1 @@
+"""The training methods over `train.run`: MOSAIC and FATE."""
