@@ -104,7 +104,7 @@ class _View:
       out[...] = block
 
 
-def _views(cfg: ModelConfig) -> dict[tuple[str, ...], _View]:
+def param_views(cfg: ModelConfig) -> dict[tuple[str, ...], _View]:
   """Our parameter path -> HF view (stacked params: per-layer view)."""
   d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
   n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -148,7 +148,8 @@ def _views(cfg: ModelConfig) -> dict[tuple[str, ...], _View]:
   return views
 
 
-def _hf_names(cfg: ModelConfig, path: tuple[str, ...], view: _View) -> list[str]:
+def hf_names(cfg: ModelConfig, path: tuple[str, ...], view: _View) -> list[str]:
+  """The HF tensor names of one parameter view (one per layer when stacked)."""
   if path[0] == "blocks":
     return [view.hf_name.format(i=i) for i in range(cfg.num_layers)]
   return [view.hf_name]
@@ -158,7 +159,7 @@ def _check_tensors(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
                    views: dict[tuple[str, ...], _View]) -> None:
   """Fails before any loading if a tensor is missing or has the wrong shape."""
   for path, view in views.items():
-    for name in _hf_names(cfg, path, view):
+    for name in hf_names(cfg, path, view):
       if name not in files:
         raise KeyError(
             f"{files.directory}: tensor {name!r} is missing (expected shape "
@@ -231,7 +232,7 @@ def from_pretrained(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
                             dtype=dtype_name(compute_dtype or dtype),
                             **config_overrides)
   files = safetensors_io.SafetensorsDir(os.fspath(path))
-  views = _views(cfg)
+  views = param_views(cfg)
   _check_tensors(cfg, files, views)
   graphdef, abstract = nnx.split(decoder_lib.abstract_model(cfg))
   np_dtype = np.dtype(cfg.jnp_param_dtype)
@@ -261,13 +262,13 @@ def save_pretrained(model: decoder_lib.Decoder, path: str, *,
   """
   model = lora_lib.merged(model)
   cfg = model.cfg
-  views = _views(cfg)
+  views = param_views(cfg)
   state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   np_dtype = np.dtype(cfg.jnp_param_dtype)
   # HF tensor name -> [(our path, layer index or None, view)].
   sources: dict[str, list] = {}
   for var_path, view in views.items():
-    for i, name in enumerate(_hf_names(cfg, var_path, view)):
+    for i, name in enumerate(hf_names(cfg, var_path, view)):
       sources.setdefault(name, []).append(
           (var_path, i if var_path[0] == "blocks" else None, view))
   entries = [(name, parts[0][2].hf_shape, np_dtype) for name, parts in sources.items()]
@@ -455,7 +456,7 @@ def _check_model_dir(path: str, **config_overrides) -> ModelConfig:
   cfg = ModelConfig.from_hf(path, **config_overrides)
   params_dir = os.path.join(path, ORBAX_PARAMS)
   if not os.path.isdir(params_dir):
-    _check_tensors(cfg, safetensors_io.SafetensorsDir(path), _views(cfg))
+    _check_tensors(cfg, safetensors_io.SafetensorsDir(path), param_views(cfg))
     return cfg
   saved = _orbax_shapes(params_dir)
   want = {"/".join(p): tuple(v.get_value().shape) for p, v in

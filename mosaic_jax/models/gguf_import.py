@@ -226,8 +226,8 @@ def convert_gguf(gguf_path: str, dst: str, *, tokenizer: bool = True,
   tensors = _hf_tensors(reader, gguf_path)
   # The shapes the converter will check when the directory is loaded.
   from mosaic_jax.models import convert  # Late: convert imports the decoder.
-  for view_path, view in convert._views(cfg).items():  # pylint: disable=protected-access
-    for name in convert._hf_names(cfg, view_path, view):  # pylint: disable=protected-access
+  for view_path, view in convert.param_views(cfg).items():
+    for name in convert.hf_names(cfg, view_path, view):
       if name not in tensors:
         raise GGUFImportError(f"{gguf_path}: no tensor for {name!r}")
       shape = tuple(int(n) for n in reversed(tensors[name].shape))

@@ -186,14 +186,6 @@ def _init_factors(seed: int, rank: int,
   return out
 
 
-def abstract_adapters(model_cfg: Any, cfg: LoRAConfig) -> nnx.State:
-  """The adapters' `nnx.State` of ShapeDtypeStructs (nothing allocated)."""
-  from mosaic_jax.models import decoder  # decoder imports this module.
-  model = nnx.eval_shape(lambda: apply(
-      decoder.Decoder(model_cfg, rngs=nnx.Rngs(params=0)), cfg))
-  return nnx.state(model, LoRAParam)
-
-
 def _merged_weight(w: jax.Array, a: jax.Array, b: jax.Array,
                    scale: float) -> jax.Array:
   """W + scale · A·B per layer, in float32, cast to W's dtype.

@@ -158,6 +158,15 @@ def check_task_splits(data: ml_collections.ConfigDict,
           "or point data.data_dir at a built task dataset")
 
 
+def abstract_adapters(arch: ModelConfig, lora: lora_lib.LoRAConfig
+                      ) -> nnx.State:
+  """The LoRA adapters' `nnx.State` of ShapeDtypeStructs (nothing
+  allocated) of `arch` with `lora`."""
+  model = nnx.eval_shape(lambda: lora_lib.apply(
+      decoder.Decoder(arch, rngs=nnx.Rngs(params=0)), lora))
+  return nnx.state(model, lora_lib.LoRAParam)
+
+
 def check_checkpoint(config: ml_collections.ConfigDict, arch: ModelConfig,
                      directory: str) -> None:
   """Fails if `directory` holds a checkpoint of another model than `arch`
@@ -171,7 +180,7 @@ def check_checkpoint(config: ml_collections.ConfigDict, arch: ModelConfig,
   ckpt = checkpoint.Checkpointer(directory)
   lora = lora_config(config)
   # With LoRA a checkpoint holds the adapters only.
-  params = (lora_lib.abstract_adapters(arch, lora) if lora.enabled else
+  params = (abstract_adapters(arch, lora) if lora.enabled else
             nnx.state(decoder.abstract_model(arch), nnx.Param))
   try:
     ckpt.check_params(params,
