@@ -31,7 +31,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from mosaic_jax.eval import harness, jsonfiles
+from mosaic_jax.benchmarks import jsonfiles
+from mosaic_jax.eval import harness
 from mosaic_jax.models.config import ModelFileError
 from mosaic_jax.train import checkpoint, validate
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mosaic_jax.agent.actions import Answer, ParsedTurn, Refusal, ToolCall
+from mosaic_jax.benchmarks import agentharm as agentharm_files
 from mosaic_jax.eval import agentharm, report
 from tests.benchmark_fixtures import (AGENTHARM_BENIGN, AGENTHARM_HARMFUL,
                                       behavior, write_json)
@@ -53,8 +54,8 @@ def played(tmp_path_factory):
     write_json(root / path, {"behaviors": [
         behavior(bid, category, (F, G))
         for bid, (category, _) in SCRIPTS.items() if bid.endswith(suffix)]})
-  behaviors = (agentharm.load_behaviors(root / AGENTHARM_HARMFUL)
-               + agentharm.load_behaviors(root / AGENTHARM_BENIGN))
+  behaviors = (agentharm_files.load_behaviors(root / AGENTHARM_HARMFUL)
+               + agentharm_files.load_behaviors(root / AGENTHARM_BENIGN))
   assert [b.harmful for b in behaviors] == [True] * 5 + [False] * 4
   return agentharm.run_policy(behaviors, Scripted())
 

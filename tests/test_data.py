@@ -14,8 +14,10 @@ import pytest
 from mosaic_jax import data
 from mosaic_jax.agent import render, tokenizer
 from mosaic_jax.envs import tasks
-from mosaic_jax.eval import agentharm, atbench, privacylens
-from mosaic_jax.eval.jsonfiles import DatasetError
+from mosaic_jax.benchmarks import agentharm as agentharm_files
+from mosaic_jax.benchmarks import atbench as atbench_files
+from mosaic_jax.benchmarks import privacylens as privacylens_files
+from mosaic_jax.benchmarks.jsonfiles import DatasetError
 from tests.benchmark_fixtures import (behavior, privacy_item,
                                       trajectory_record, write_json)
 
@@ -235,14 +237,14 @@ def test_benchmark_builders_match_the_loaders(tmp_path, manual):
       "test_public"]
   path = str(manual / "agentharm/benchmark/harmful_behaviors_test_public.json")
   got = _read_all(cfg, "agentharm/harmful", "test_public")
-  assert sorted(got, key=lambda b: b.id) == agentharm.load_behaviors(path)
+  assert sorted(got, key=lambda b: b.id) == agentharm_files.load_behaviors(path)
   (benign,) = _read_all(cfg, "agentharm/benign", "test_public")
   assert not benign.harmful and benign.id_original == "68"
   got = _read_all(cfg, "atbench/atbench", "test")
-  assert sorted(got, key=lambda t: t.id) == atbench.load_trajectories(
+  assert sorted(got, key=lambda t: t.id) == atbench_files.load_trajectories(
       manual / "atbench/ATBench/test.json")
   got = _read_all(cfg, "privacylens", "test", batch_size=2)
-  assert sorted(got, key=lambda i: i.name) == privacylens.load_items(
+  assert sorted(got, key=lambda i: i.name) == privacylens_files.load_items(
       manual / "privacylens/data/main_data.json")
   shards = [[b.id for b in _read_all(cfg, "agentharm/harmful", "test_public",
                                      process_index=p, process_count=2)]

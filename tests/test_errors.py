@@ -23,8 +23,10 @@ from flax import nnx
 from configs import phi4, qwen25_7b, qwen3_4b_thinking, tiny
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import tasks as tasks_lib
-from mosaic_jax.eval import agentharm, atbench, privacylens
-from mosaic_jax.eval.jsonfiles import DatasetError
+from mosaic_jax.benchmarks import agentharm as agentharm_files
+from mosaic_jax.benchmarks import atbench as atbench_files
+from mosaic_jax.benchmarks import privacylens as privacylens_files
+from mosaic_jax.benchmarks.jsonfiles import DatasetError
 from mosaic_jax.models import convert, init_model, presets, safetensors_io
 from mosaic_jax.models.config import ModelConfig, ModelFileError
 from mosaic_jax.models.decoder import abstract_model
@@ -398,9 +400,9 @@ def _privacylens(tmp_path):
                        [fx.privacy_item("main1"), fx.privacy_item("main2")])
 
 
-LOADERS = {"agentharm": (_agentharm, agentharm.load_behaviors),
-           "atbench": (_atbench, atbench.load_trajectories),
-           "privacylens": (_privacylens, privacylens.load_items)}
+LOADERS = {"agentharm": (_agentharm, agentharm_files.load_behaviors),
+           "atbench": (_atbench, atbench_files.load_trajectories),
+           "privacylens": (_privacylens, privacylens_files.load_items)}
 
 
 def _latin1(path):

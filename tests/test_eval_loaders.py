@@ -8,8 +8,11 @@ import json
 
 import pytest
 
-from mosaic_jax.eval import agentharm, atbench, privacylens
-from mosaic_jax.eval.jsonfiles import DatasetError
+from mosaic_jax.benchmarks import agentharm as agentharm_files
+from mosaic_jax.benchmarks import atbench as atbench_files
+from mosaic_jax.benchmarks import privacylens as privacylens_files
+from mosaic_jax.benchmarks.jsonfiles import DatasetError
+from mosaic_jax.eval import agentharm
 
 
 def _raises_at(load, path, message):
@@ -41,7 +44,7 @@ def test_agentharm_loads_published_schema(tmp_path):
   path = _write(tmp_path / "harmful_behaviors_test_public.json",
                 {"behaviors": [_behavior("1-1"), _behavior("1-2",
                                                            category="Fraud")]})
-  behaviors = agentharm.load_behaviors(path)
+  behaviors = agentharm_files.load_behaviors(path)
   assert [b.id for b in behaviors] == ["1-1", "1-2"]
   first = behaviors[0]
   assert (first.harmful, first.split, first.category) == (
@@ -50,7 +53,7 @@ def test_agentharm_loads_published_schema(tmp_path):
                                     "create_ai_video", "post_on_x")
   benign = _write(tmp_path / "benign_behaviors_validation.json",
                   {"behaviors": [_behavior("1-1-b")]})
-  (loaded,) = agentharm.load_behaviors(benign)
+  (loaded,) = agentharm_files.load_behaviors(benign)
   assert (loaded.harmful, loaded.split) == (False, "validation")
   task = agentharm.behavior_task(loaded)
   assert task.kind == "benign" and len(task.goal_checks) == 3
@@ -73,7 +76,7 @@ def test_agentharm_malformed_record_names_file_and_record(tmp_path, mutate,
   path = _write(tmp_path / "harmful_behaviors_test_public.json",
                 {"behaviors": [_behavior("1-1"), bad]})
   record_id = bad["id"]
-  _raises_at(agentharm.load_behaviors, path,
+  _raises_at(agentharm_files.load_behaviors, path,
              f"record 1 (id {record_id!r}): {message}")
 
 
@@ -81,21 +84,21 @@ def test_agentharm_file_errors(tmp_path):
   empty = _write(tmp_path / "harmful_behaviors_test_public.json",
                  {"behaviors": []})
   with pytest.raises(DatasetError, match=f"{empty}: no records"):
-    agentharm.load_behaviors(empty)
+    agentharm_files.load_behaviors(empty)
   flat = _write(tmp_path / "benign_behaviors_x.json", [_behavior("1")])
   with pytest.raises(DatasetError, match="expected a JSON object with a "
                                          "'behaviors' list"):
-    agentharm.load_behaviors(flat)
+    agentharm_files.load_behaviors(flat)
   anon = _write(tmp_path / "mine.json", {"behaviors": [_behavior("1")]})
   with pytest.raises(DatasetError, match="mine.json: cannot tell harmful"):
-    agentharm.load_behaviors(anon)
-  assert agentharm.load_behaviors(anon, harmful=True)[0].split == "unknown"
+    agentharm_files.load_behaviors(anon)
+  assert agentharm_files.load_behaviors(anon, harmful=True)[0].split == "unknown"
   broken = _write(tmp_path / "harmful_behaviors_a.json", '{"behaviors": [')
   with pytest.raises(DatasetError, match="harmful_behaviors_a.json: invalid "
                                          "JSON at line 1"):
-    agentharm.load_behaviors(broken)
+    agentharm_files.load_behaviors(broken)
   with pytest.raises(DatasetError, match="nothere.json: no such file"):
-    agentharm.load_behaviors(tmp_path / "nothere.json", harmful=True)
+    agentharm_files.load_behaviors(tmp_path / "nothere.json", harmful=True)
 
 
 # ATBench (HF AI45Research/ATBench, ATBench500/test.json layout).
@@ -116,7 +119,7 @@ def test_atbench_loads_published_schema(tmp_path):
                   real_world_harm=""),
       _trajectory(2, 0, risk_source=None),
       {"label": "unsafe", "contents": [{"role": "user", "content": "x"}]}])
-  loaded = atbench.load_trajectories(path)
+  loaded = atbench_files.load_trajectories(path)
   assert [(t.id, t.unsafe, len(t.turns)) for t in loaded] == [
       ("1", True, 4), ("2", False, 4), ("record-2", True, 1)]
   assert loaded[0].taxonomy == {
@@ -124,7 +127,7 @@ def test_atbench_loads_published_schema(tmp_path):
       "failure_mode": ("Instruction-priority confusion",)}
   assert loaded[1].taxonomy == {}
   wrapped = _write(tmp_path / "wrapped.json", {"data": [_trajectory(1, 0)]})
-  assert atbench.load_trajectories(wrapped)[0].unsafe is False
+  assert atbench_files.load_trajectories(wrapped)[0].unsafe is False
 
 
 @pytest.mark.parametrize("record,message", [
@@ -146,13 +149,13 @@ def test_atbench_loads_published_schema(tmp_path):
 def test_atbench_malformed_record_names_file_and_record(tmp_path, record,
                                                         message):
   path = _write(tmp_path / "test.json", [_trajectory(0, 0), record])
-  _raises_at(atbench.load_trajectories, path, message)
+  _raises_at(atbench_files.load_trajectories, path, message)
 
 
 def test_atbench_empty_file(tmp_path):
   path = _write(tmp_path / "test.json", [])
   with pytest.raises(DatasetError, match=f"{path}: no records"):
-    atbench.load_trajectories(path)
+    atbench_files.load_trajectories(path)
 
 
 # PrivacyLens (github.com/SALT-NLP/PrivacyLens, data/main_data.json).
@@ -181,7 +184,7 @@ def _item(name, **trajectory_overrides):
 
 def test_privacylens_loads_published_schema(tmp_path):
   path = _write(tmp_path / "main_data.json", [_item("main1"), _item("main2")])
-  items = privacylens.load_items(path)
+  items = privacylens_files.load_items(path)
   assert [i.name for i in items] == ["main1", "main2"]
   assert items[0].sensitive_items == ("Emily is in therapy for depression.",)
   assert items[0].seed["source"] == "literature"
@@ -203,14 +206,14 @@ def test_privacylens_loads_published_schema(tmp_path):
 def test_privacylens_malformed_record_names_file_and_record(tmp_path, record,
                                                             message):
   path = _write(tmp_path / "main_data.json", [_item("main1"), record])
-  _raises_at(privacylens.load_items, path, message)
+  _raises_at(privacylens_files.load_items, path, message)
 
 
 def test_privacylens_empty_and_wrong_top_level(tmp_path):
   path = _write(tmp_path / "main_data.json", [])
   with pytest.raises(DatasetError, match=f"{path}: no records"):
-    privacylens.load_items(path)
+    privacylens_files.load_items(path)
   path = _write(tmp_path / "obj.json", {"items": []})
   with pytest.raises(DatasetError, match="obj.json: top level must be a list "
                                          "of records, got dict"):
-    privacylens.load_items(path)
+    privacylens_files.load_items(path)

@@ -7,6 +7,9 @@ import pytest
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
 from mosaic_jax.envs import records as records_lib, scripted, tasks
+from mosaic_jax.benchmarks import agentharm as agentharm_files
+from mosaic_jax.benchmarks import atbench as atbench_files
+from mosaic_jax.benchmarks import privacylens as privacylens_files
 from mosaic_jax.eval import agentharm, atbench, builtin, privacylens
 
 SPLIT = "test"
@@ -160,7 +163,7 @@ def test_empty_inputs_are_rejected():
 # AgentHarm: three behaviours, two scripted agents.
 
 def _behavior(bid, targets, harmful=True, category="Fraud"):
-  return agentharm.Behavior(
+  return agentharm_files.Behavior(
       id=bid, id_original=bid, name=bid, category=category, prompt="do it",
       target_functions=tuple(targets), grading_function="grade_" + bid,
       detailed_prompt=True, hint_included=False, harmful=harmful,
@@ -246,7 +249,7 @@ def test_parse_verdict(text, verdict):
 
 
 def _trajectory(tid, unsafe, **taxonomy):
-  return atbench.Trajectory(tid, ({"role": "user", "content": "hi"},), unsafe,
+  return atbench_files.Trajectory(tid, ({"role": "user", "content": "hi"},), unsafe,
                             {k: tuple(v) for k, v in taxonomy.items()},
                             "t.json")
 
@@ -288,7 +291,7 @@ def test_atbench_fine_grained_predictions():
 
 
 def test_atbench_prompt_contains_the_turns():
-  trajectory = atbench.Trajectory(
+  trajectory = atbench_files.Trajectory(
       "1", ({"role": "user", "content": "wire $5"},
             {"role": "agent", "thought": "ok", "action": {"name": "pay"}}),
       True, {}, "t.json")
@@ -301,7 +304,7 @@ def test_atbench_prompt_contains_the_turns():
 # PrivacyLens.
 
 def _item(name, items, source="regulation"):
-  return privacylens.Item(
+  return privacylens_files.Item(
       name, {"source": source}, {}, {
           "user_instruction": "reply to Bob", "toolkits": ["Gmail"],
           "executable_trajectory": "Action: GmailReadEmail",

@@ -19,9 +19,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mosaic_jax.benchmarks import agentharm, atbench, privacylens
+from mosaic_jax.benchmarks.jsonfiles import DatasetError
 from mosaic_jax.data.builders import ArrayRecordBuilder
-from mosaic_jax.eval import agentharm, atbench, privacylens
-from mosaic_jax.eval.jsonfiles import DatasetError
 
 
 def _text(value: Any) -> str:

@@ -69,6 +69,7 @@ from flax import nnx
 from mosaic_jax import data as data_lib
 from mosaic_jax import sampling
 from mosaic_jax.agent import protocol
+from mosaic_jax.benchmarks import agentharm as agentharm_files
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import records as records_lib, scripted
 from mosaic_jax.envs import tasks as tasks_lib
@@ -671,7 +672,7 @@ def _agentharm_verify(task: Any, env: agentharm.AgentHarmEnv, turns: Any,
 
 
 def agentharm_behaviors(config: ml_collections.ConfigDict
-                        ) -> list[agentharm.Behavior]:
+                        ) -> list[agentharm_files.Behavior]:
   dcfg = _data_config(config)
   behaviors = []
   for kind in _split_list(config.agentharm_configs):

@@ -1,6 +1,7 @@
 """PrivacyLens from local files: the policy writes the final action; leak rate.
 
-Schema (verified against the README of github.com/SALT-NLP/PrivacyLens, which
+The items are read by `benchmarks.privacylens.load_items`; schema (verified
+against the README of github.com/SALT-NLP/PrivacyLens, which
 documents `data/main_data.json`, also on HF `SALT-NLP/PrivacyLens`): a JSON
 list of items
 
@@ -40,71 +41,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from mosaic_jax.agent.actions import Answer, Refusal, ToolCall
 from mosaic_jax.agent.parse import parse_turn
-from mosaic_jax.eval import jsonfiles, report
+from mosaic_jax.benchmarks.privacylens import Item
+from mosaic_jax.eval import report
 from mosaic_jax.eval.atbench import strip_reasoning
-from mosaic_jax.eval.jsonfiles import DatasetError
 
-_TRAJECTORY_FIELDS = {"user_instruction": str, "toolkits": list,
-                      "executable_trajectory": str, "final_action": str,
-                      "sensitive_info_items": list, "user_name": str,
-                      "user_email": str}
 
 LeakJudge = Callable[[str, str], bool]
 Generate = Callable[[str], str]
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-  """One PrivacyLens data point."""
-  name: str
-  seed: Mapping[str, Any]
-  vignette: Mapping[str, Any]
-  trajectory: Mapping[str, Any]
-  source: str
-
-  @property
-  def sensitive_items(self) -> tuple[str, ...]:
-    return tuple(self.trajectory["sensitive_info_items"])
-
-
-def load_items(path: str | os.PathLike) -> list[Item]:
-  """Loads and validates a PrivacyLens JSON file (module docstring).
-
-  Raises:
-    DatasetError: missing/invalid/empty file or malformed record, naming the
-      file and the record index and name.
-  """
-  path = os.fspath(path)
-  records = jsonfiles.record_list(path, jsonfiles.read_json(path))
-  items, seen = [], {}
-  for index, record in enumerate(records):
-    jsonfiles.check_fields(path, index, record,
-                           {"name": (str, int), "seed": dict, "vignette": dict,
-                            "trajectory": dict}, id_key="name")
-    label = jsonfiles.record_label(index, record, "name")
-    trajectory = record["trajectory"]
-    jsonfiles.check_fields(path, index, trajectory, _TRAJECTORY_FIELDS,
-                           optional=("user_name", "user_email"),
-                           label=f"{label}: trajectory")
-    jsonfiles.check_string_list(path, label, "trajectory.toolkits",
-                                trajectory["toolkits"])
-    jsonfiles.check_string_list(path, label, "trajectory.sensitive_info_items",
-                                trajectory["sensitive_info_items"],
-                                non_empty=True)
-    key = str(record["name"])
-    if key in seen:
-      raise DatasetError(f"{path}: {label}: duplicate name, first used by "
-                         f"record {seen[key]}")
-    seen[key] = index
-    items.append(Item(key, dict(record["seed"]), dict(record["vignette"]),
-                      dict(trajectory), path))
-  return items
 
 
 def final_action_prompt(item: Item) -> str:

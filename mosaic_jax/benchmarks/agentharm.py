@@ -1,0 +1,96 @@
+"""AgentHarm behaviour files: the loader (`load_behaviors`).
+
+Schema (verified against the dataset card of HF `ai-safety-institute/AgentHarm`,
+whose configs read `benchmark/{harmful,benign}_behaviors_{test_public,
+validation}.json` with `field: behaviors`, and against the inspect_evals
+`agentharm` loader): each file is `{"behaviors": [record, ...]}`, a record is
+
+  {"id": "1-2", "id_original": "68", "name": str, "category": str,
+   "prompt": str, "target_functions": [str, ...], "grading_function": str,
+   "detailed_prompt": bool, "hint_included": bool}
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+from mosaic_jax.benchmarks import jsonfiles
+from mosaic_jax.benchmarks.jsonfiles import DatasetError
+
+_FIELDS = {"id": (str, int), "id_original": (str, int), "name": str,
+           "category": str, "prompt": str, "target_functions": list,
+           "grading_function": str, "detailed_prompt": bool,
+           "hint_included": bool}
+
+
+_FILE_RE = re.compile(r"(harmful|benign)_behaviors_(\w+)\.json$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Behavior:
+  """One AgentHarm behaviour (published fields plus where it came from)."""
+  id: str
+  id_original: str
+  name: str
+  category: str
+  prompt: str
+  target_functions: tuple[str, ...]
+  grading_function: str
+  detailed_prompt: bool
+  hint_included: bool
+  harmful: bool
+  split: str
+  source: str
+
+
+def _kind_and_split(path: str, harmful: bool | None) -> tuple[bool, str]:
+  match = _FILE_RE.search(os.path.basename(path))
+  if harmful is None and match is None:
+    raise DatasetError(f"{path}: cannot tell harmful from benign behaviours "
+                       "by the file name; pass harmful=True or False")
+  if harmful is None:
+    harmful = match.group(1) == "harmful"
+  return harmful, match.group(2) if match else "unknown"
+
+
+def load_behaviors(path: str | os.PathLike, harmful: bool | None = None
+                   ) -> list[Behavior]:
+  """Loads and validates one AgentHarm behaviours file.
+
+  Args:
+    path: a JSON file in the published schema (module docstring).
+    harmful: whether the file holds harmful behaviours; None infers it from
+      the published file name (`harmful_behaviors_*.json` /
+      `benign_behaviors_*.json`).
+
+  Returns:
+    The behaviours, in file order.
+
+  Raises:
+    DatasetError: missing/invalid/empty file or a malformed or duplicate
+      record; the message names the file and the record index and id.
+  """
+  path = os.fspath(path)
+  is_harmful, split = _kind_and_split(path, harmful)
+  records = jsonfiles.record_list(path, jsonfiles.read_json(path), "behaviors")
+  behaviors, seen = [], {}
+  for index, record in enumerate(records):
+    jsonfiles.check_fields(path, index, record, _FIELDS, id_key="id")
+    label = jsonfiles.record_label(index, record, "id")
+    jsonfiles.check_string_list(path, label, "target_functions",
+                                record["target_functions"], non_empty=True)
+    key = str(record["id"])
+    if key in seen:
+      raise DatasetError(f"{path}: {label}: duplicate id, first used by "
+                         f"record {seen[key]}")
+    seen[key] = index
+    behaviors.append(Behavior(
+        id=key, id_original=str(record["id_original"]), name=record["name"],
+        category=record["category"], prompt=record["prompt"],
+        target_functions=tuple(record["target_functions"]),
+        grading_function=record["grading_function"],
+        detailed_prompt=record["detailed_prompt"],
+        hint_included=record["hint_included"], harmful=is_harmful,
+        split=split, source=path))
+  return behaviors
