@@ -64,7 +64,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from flax import nnx
 
 from mosaic_jax import data as data_lib
 from mosaic_jax import sampling
@@ -79,8 +78,7 @@ from mosaic_jax.eval import agentdojo as agentdojo_eval
 from mosaic_jax.eval import agentharm, atbench, builtin, episodes, heldout
 from mosaic_jax.eval import privacylens
 from mosaic_jax.eval import report as report_lib
-from mosaic_jax.models import convert, decoder, presets
-from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models import convert, decoder
 from mosaic_jax.rollout import ModelPolicy, Rollout, RolloutConfig, rollout
 from mosaic_jax.text_policy import ModelTextPolicy
 from mosaic_jax.train import validate
@@ -129,93 +127,16 @@ class Policy:
     return out
 
 
-def training_step_dir(path: str) -> str | None:
-  """The step directory of a training checkpoint at `path`, or None.
-
-  `path` is a step dir (it holds `state/`), a `Checkpointer` directory
-  (numbered step dirs; the newest is taken) or a training workdir (its
-  `checkpoints/`, newest step).
-  """
-  if os.path.isdir(os.path.join(path, "state")):
-    return path
-  nested = os.path.join(path, "checkpoints")
-  if os.path.isdir(nested):
-    found = training_step_dir(nested)
-    if found is not None:
-      return found
-  steps = [d for d in os.listdir(path)
-           if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))]
-  return os.path.join(path, max(steps, key=int)) if steps else None
-
-
-def _training_model_config(step_dir: str, preset: str) -> ModelConfig:
-  # A training checkpoint holds arrays only. The architecture is the
-  # config.json of the run: beside the checkpoints, or of the reference
-  # policy `train.run` writes at the end of SFT; else a named preset.
-  checkpoints = os.path.dirname(step_dir)
-  workdir = os.path.dirname(checkpoints)
-  for where in (step_dir, checkpoints, workdir,
-                os.path.join(workdir, "reference")):
-    if os.path.isfile(os.path.join(where, "config.json")):
-      return ModelConfig.from_hf(where)
-  if preset:
-    return presets.PRESETS[preset]
-  raise FileNotFoundError(
-      f"{step_dir}: a training checkpoint without a config.json beside it "
-      "(or in <workdir>/reference); set --config.model_preset to its "
-      f"architecture ({', '.join(presets.PRESETS)})")
-
-
-def _holds_lora_adapters(state_dir: str) -> bool:
-  """Whether a training checkpoint's params are LoRA adapters (`model.lora`),
-  from its metadata's names (no array is read)."""
-  import orbax.checkpoint as ocp  # Heavy import, only needed here.
-  try:
-    with ocp.PyTreeCheckpointer() as ckptr:
-      meta = ckptr.metadata(state_dir)
-  except Exception:  # pylint: disable=broad-except
-    return False  # The restore below reports a damaged checkpoint.
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  flat = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-  return any("_lora_" in jax.tree_util.keystr(path) for path, _ in flat)
-
-
-def _restore_training_params(step_dir: str, cfg: ModelConfig
-                             ) -> decoder.Decoder:
-  import orbax.checkpoint as ocp  # Heavy import, only needed here.
-  if _holds_lora_adapters(os.path.join(step_dir, "state")):
-    raise ValueError(
-        f"{step_dir}: a LoRA training checkpoint holds the adapters only "
-        "(model.lora); evaluate <workdir>/reference, or a model exported "
-        "with convert.save_pretrained (it merges the adapters)")
-  graphdef, abstract = nnx.split(decoder.abstract_model(cfg))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract)
-  # partial_restore: the optimizer moments (2x the params) are never read.
-  target = {"params": abstract}
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(
-        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-  return nnx.merge(graphdef, restored["params"])
-
-
 def load_model(path: str, *, preset: str = "", dtype: str = ""
                ) -> decoder.Decoder:
   """A model from an HF dir, an orbax model dir or a training checkpoint."""
+  from mosaic_jax.train import checkpoint  # orbax: heavy, only needed here.
   path = os.path.abspath(path)
-  step_dir = training_step_dir(path)
+  step_dir = checkpoint.training_step_dir(path)
   if step_dir is None:
     return convert.load_model(path, **({"dtype": jnp.dtype(dtype)}
                                        if dtype else {}))
-  model = _restore_training_params(step_dir,
-                                   _training_model_config(step_dir, preset))
+  model = checkpoint.restore_model(step_dir, preset)
   if dtype and jnp.dtype(dtype) != jnp.dtype(model.cfg.param_dtype):
     raise ValueError(f"{path}: training checkpoints restore in their saved "
                      f"dtype {model.cfg.param_dtype}, not {dtype}")
@@ -259,7 +180,8 @@ def resolve_policy(config: ml_collections.ConfigDict) -> Policy:
   path = os.path.abspath(spec)
   model = load_model(path, preset=config.model_preset, dtype=config.dtype)
   name = config.name or os.path.basename(path.rstrip(os.sep))
-  step_dir = training_step_dir(path)
+  from mosaic_jax.train import checkpoint  # orbax: heavy, only needed here.
+  step_dir = checkpoint.training_step_dir(path)
   return Policy(name, path, model=model,
                 tokenizer=load_tokenizer(path, config.tokenizer),
                 restored=step_dir, step=_step_number(step_dir))
