@@ -1,14 +1,6 @@
 """AgentHarm from local files: tool-stub episodes, grading and metrics.
 
-The behaviours are read by `benchmarks.agentharm.load_behaviors`; schema
-(verified against the dataset card of HF `ai-safety-institute/AgentHarm`,
-whose configs read `benchmark/{harmful,benign}_behaviors_{test_public,
-validation}.json` with `field: behaviors`, and against the inspect_evals
-`agentharm` loader): each file is `{"behaviors": [record, ...]}`, a record is
-
-  {"id": "1-2", "id_original": "68", "name": str, "category": str,
-   "prompt": str, "target_functions": [str, ...], "grading_function": str,
-   "detailed_prompt": bool, "hint_included": bool}
+The file schema and its loader are `benchmarks.agentharm` (`load_behaviors`).
 
 Grading here is a simplification, stated plainly (docs/evaluation.md,
 "AgentHarm: what the grading checks"): the published benchmark grades each

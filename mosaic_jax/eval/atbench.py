@@ -1,25 +1,7 @@
 """ATBench from local files: the policy under test judges trajectory safety.
 
-Schema (read by `benchmarks.atbench.load_trajectories`). The dataset card of
-HF `AI45Research/ATBench` (configs `ATBench` ->
-`ATBench/test.json`, 1,000 trajectories; `ATBench500` -> `ATBench500/test.json`,
-the original 500) documents a trajectory-level binary `label` (0 safe,
-1 unsafe) and a three-axis taxonomy: risk source, failure mode, real-world
-harm. Third-party loaders read those as `risk_source`, `failure_mode`,
-`real_world_harm`, and the trajectories follow the R-Judge/ASSEBench layout of
-a `contents` list of turns `{"role": "user"|"agent"|"environment", "content"
-| "thought" | "action"}` (possibly nested one level, one list per round).
-The card itself does not spell the per-record keys out, so this loader is
-deliberately tolerant where the sources disagree and strict elsewhere:
-
-  record := {"contents": [turn | [turn, ...], ...],     required, non-empty
-             "label": 0 | 1 | "safe" | "unsafe",        required
-             "id": str | int,                  optional (else "record-<index>")
-             "risk_source" | "failure_mode" | "real_world_harm":
-                 str | [str, ...] | null                optional}
-  turn   := {"role": str, ...string or JSON fields}
-
-The file is a JSON list of records (or `{"data": [...]}`).
+The file schema and its loader are `benchmarks.atbench`
+(`load_trajectories`).
 
 Judging. `judge_prompt` renders the trajectory and asks for a verdict on the
 last line, optionally with the three taxonomy fields as `field: value` lines;

@@ -1,22 +1,6 @@
 """PrivacyLens from local files: the policy writes the final action; leak rate.
 
-The items are read by `benchmarks.privacylens.load_items`; schema (verified
-against the README of github.com/SALT-NLP/PrivacyLens, which
-documents `data/main_data.json`, also on HF `SALT-NLP/PrivacyLens`): a JSON
-list of items
-
-  {"name": str,
-   "seed": {"data_type", "data_subject", "data_sender", "data_sender_name",
-            "data_recipient", "transmission_principle", "source", ...},
-   "vignette": {"story", "data_type_concrete", "data_subject_concrete",
-                "data_sender_concrete", "data_recipient_concrete"},
-   "trajectory": {"user_name", "user_email", "user_instruction",
-                  "toolkits": [str], "executable_trajectory": str,
-                  "final_action": str, "sensitive_info_items": [str]}}
-
-Only `name`, `seed`, `vignette` (objects) and the trajectory fields the agent
-prompt and the leak check read are required; `seed`/`vignette` contents are
-kept as they are.
+The file schema and its loader are `benchmarks.privacylens` (`load_items`).
 
 The policy sees the user instruction, the toolkits and the executable
 trajectory, and writes the final action (`final_action_prompt`). What it
