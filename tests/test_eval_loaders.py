@@ -92,7 +92,8 @@ def test_agentharm_file_errors(tmp_path):
   anon = _write(tmp_path / "mine.json", {"behaviors": [_behavior("1")]})
   with pytest.raises(DatasetError, match="mine.json: cannot tell harmful"):
     agentharm_files.load_behaviors(anon)
-  assert agentharm_files.load_behaviors(anon, harmful=True)[0].split == "unknown"
+  assert agentharm_files.load_behaviors(
+      anon, harmful=True)[0].split == "unknown"
   broken = _write(tmp_path / "harmful_behaviors_a.json", '{"behaviors": [')
   with pytest.raises(DatasetError, match="harmful_behaviors_a.json: invalid "
                                          "JSON at line 1"):

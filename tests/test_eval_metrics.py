@@ -249,9 +249,9 @@ def test_parse_verdict(text, verdict):
 
 
 def _trajectory(tid, unsafe, **taxonomy):
-  return atbench_files.Trajectory(tid, ({"role": "user", "content": "hi"},), unsafe,
-                            {k: tuple(v) for k, v in taxonomy.items()},
-                            "t.json")
+  return atbench_files.Trajectory(
+      tid, ({"role": "user", "content": "hi"},), unsafe,
+      {k: tuple(v) for k, v in taxonomy.items()}, "t.json")
 
 
 def test_atbench_confusion_metrics():

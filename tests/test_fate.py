@@ -318,8 +318,8 @@ def test_scalar_reward_keeps_the_length_penalty():
   lengths = jnp.array([[400., 800.]])
   cfg = dataclasses.replace(FATE, reward="scalar")
   r_pf = rewards.repair_scores(z, lengths, length_coef=.1, l0=400.)
-  np.testing.assert_allclose(rewards.fate_group_rewards(z, r_pf, cfg), [[4., 3.9]],
-                             rtol=1e-6)
+  np.testing.assert_allclose(rewards.fate_group_rewards(z, r_pf, cfg),
+                             [[4., 3.9]], rtol=1e-6)
 
 
 # -------------------------------------------------------------- buffer --

@@ -25,8 +25,8 @@ PFPO (the policy update, `run`):
     the loss trains on a*'s assistant turns only;
   * GRPO-style steps whose advantages come from the Pareto reward over each
     group's z with `R_pf` breaking ties inside a front
-    (`rewards.fate_group_advantages`, `reward="pareto"`), or from a weighted sum of objectives
-    (`reward="scalar"`, the scalarised baseline).
+    (`rewards.fate_group_advantages`, `reward="pareto"`), or from a weighted
+    sum of objectives (`reward="scalar"`, the scalarised baseline).
 
 R_pf (the scalar tie-break; also the score that decides `improves`):
 
