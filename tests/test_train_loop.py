@@ -112,16 +112,16 @@ def _report_after(workdir: str) -> dict:
 
 
 def test_stratified_subset_keeps_kind_shares():
-  heldout = tasks.all_tasks(split="test")
-  subset = heldout.stratified_subset(heldout, 60)
+  test = tasks.all_tasks(split="test")
+  subset = heldout.stratified_subset(test, 60)
   kinds = [t.kind for t in subset]
   # 302 tasks: 96 harmful, 80 injection, 78 benign, 48 privacy; exact
   # shares 19.07, 15.89, 15.50, 9.54: floors, then the two largest remainders.
   assert len(subset) == 60
   assert {k: kinds.count(k) for k in set(kinds)} == {
       "harmful": 19, "injection": 16, "benign": 15, "privacy": 10}
-  assert subset == [t for t in heldout if t in subset]
-  assert heldout.stratified_subset(heldout, 0) == list(heldout)
+  assert subset == [t for t in test if t in subset]
+  assert heldout.stratified_subset(test, 0) == list(test)
 
 
 class _Alternating:
