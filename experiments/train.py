@@ -24,6 +24,8 @@ from absl import app
 import ml_collections
 from ml_collections import config_flags
 
+from experiments import cli
+
 from configs import base, fate_settings
 from mosaic_jax import distributed
 from mosaic_jax.models.config import ModelFileError
@@ -77,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=validate.parse_config_flags)
+  cli.main(main)
