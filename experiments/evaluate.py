@@ -103,9 +103,11 @@ def main(argv):
     # TFDS asserts when a benchmark's manual directory is missing or empty.
     if not str(e).startswith("Manual directory"):
       raise
-    cli.fail(f"benchmark files missing: {cli.one_line(e)} (set "
-             "--config.manual_dir to the directory holding <benchmark>/; "
-             "docs/data.md says what goes there)")
+    where = _CONFIG.value.manual_dir or "(TFDS default)"
+    reason = cli.one_line(e).split(". ")[0]
+    cli.fail(f"--config.manual_dir={where}: benchmark files missing for "
+             f"{_CONFIG.value.benchmarks} ({reason}); put <benchmark>/ "
+             "there as docs/data.md says")
   with open(os.path.join(_CONFIG.value.output_dir, harness.SUMMARY_MD),
             encoding="utf-8") as f:
     print(f.read(), end="")
