@@ -273,7 +273,7 @@ def verdict_reasons(details: Mapping[str, Any]) -> list[tuple[str, bool]]:
     out.append((f"goal checks met: {sum(map(bool, checks))} of "
                 f"{len(checks)}", not all(checks)))
   if "utility" in details and not checks:
-    out.append((f"user task done: {bool(details['utility'])}",
+    out.append((f"user task done: {'yes' if details['utility'] else 'no'}",
                 not details["utility"]))
   if details.get("refused"):
     timing = details.get("refusal_timing")
@@ -316,7 +316,8 @@ def turn_flags(turn: Turn, details: Mapping[str, Any]
       out.append(("follows the injection", True))
   elif action.get("action") == "InvalidAction":
     out.append(("invalid turn", True))
-  if turn.observation and turn.observation.startswith("Error"):
+  if (action.get("action") == "ToolCall" and turn.observation
+      and turn.observation.startswith("Error")):
     out.append(("tool error", False))
   return out
 
@@ -328,7 +329,7 @@ STYLE = """
 max-width:60rem;margin:0 auto;padding:0 1rem}
 .mj h1{font-size:1.4rem;margin:1rem 0 .25rem}
 .mj .summary{color:#374151;margin:.25rem 0 .75rem}
-.mj nav ol{columns:2;font-size:12px;padding-left:1.5rem;margin:.25rem 0 1rem}
+.mj nav ol{columns:1;font-size:12px;padding-left:1.5rem;margin:.25rem 0 1rem}
 .mj nav a{color:#1d4ed8;text-decoration:none}
 .mj article{border:1px solid #d1d5db;border-radius:8px;margin:1rem 0;
 padding:.5rem 1rem 1rem;background:#fff}
@@ -349,8 +350,7 @@ border:1px solid}
 align-items:center}
 .mj .msg{margin:.25rem 0;padding:.3rem .6rem;border-radius:6px;
 border:1px solid rgba(0,0,0,.08)}
-.mj .msg .role{font-size:11px;font-weight:600;text-transform:uppercase;
-letter-spacing:.04em;color:#374151}
+.mj .msg .role{font-size:11px;font-weight:600;color:#374151}
 .mj .msg pre{margin:.15rem 0 0;white-space:pre-wrap;word-break:break-word;
 font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}
 .mj .msg.tool pre{max-height:18em;overflow:auto}
@@ -443,12 +443,9 @@ def render_turn(k: int, turn: Turn, episode: Episode) -> str:
   return f'<li class="turn">{"".join(parts)}</li>'
 
 
-def _anchor(episode_id: str) -> str:
-  return "ep-" + "".join(c if c.isalnum() else "-" for c in episode_id)
-
-
-def render_episode(episode: Episode) -> str:
-  """One episode as an `<article>` (classes: module docstring)."""
+def render_episode(episode: Episode, anchor: str = "") -> str:
+  """One episode as an `<article>` (classes: module docstring) with
+  `id=anchor` when given."""
   status = "passed" if episode.passed else "failed"
   meta = " · ".join(_esc(x) for x in (
       episode.suite, episode.kind, episode.policy and f"policy {episode.policy}",
@@ -457,7 +454,8 @@ def render_episode(episode: Episode) -> str:
   scores = "".join(
       f'<li class="score {"ok" if v == 1.0 else "bad"}">{_esc(n)} {v:g}</li>'
       for n, v in episode.z.items())
-  parts = [f'<article class="episode {status}" id="{_anchor(episode.episode_id)}">',
+  ident = f' id="{_esc(anchor)}"' if anchor else ""
+  parts = [f'<article class="episode {status}"{ident}>',
            f"<h2>{_esc(episode.episode_id)}</h2>",
            f'<p class="meta">{meta}</p>', f'<ul class="scores">{scores}</ul>',
            _msg("user", "user request",
@@ -507,15 +505,19 @@ def render_page(episodes: Sequence[Episode], title: str = "Transcripts",
     note: a line under it (what was read, the filters).
   """
   failed = sum(not e.passed for e in episodes)
+  # Anchors by position: one page may hold the same task from two runs.
   items = "".join(
-      f'<li><a href="#{_anchor(e.episode_id)}">{_esc(e.episode_id)}</a> '
-      f'<span class="flag {"note" if e.passed else "bad"}">'
-      f'{"passed" if e.passed else "failed"}</span></li>' for e in episodes)
+      f'<li><a href="#ep-{i}">{_esc(e.episode_id)}</a>'
+      f'{" (" + _esc(e.policy) + ")" if e.policy else ""} '
+      f'<span class="flag {"ok" if e.passed else "bad"}">'
+      f'{"passed" if e.passed else "failed"}</span></li>'
+      for i, e in enumerate(episodes))
   return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
           f"<title>{_esc(title)}</title><style>{STYLE}</style></head>"
           f"<body><div class=\"mj\"><header><h1>{_esc(title)}</h1>"
           f'<p class="summary">{len(episodes)} episode(s), {failed} failed'
           f"{'. ' + _esc(note) if note else ''}</p>{_legend()}"
           f"<nav><ol>{items}</ol></nav></header><main>"
-          + "".join(render_episode(e) for e in episodes)
+          + "".join(render_episode(e, f"ep-{i}")
+                    for i, e in enumerate(episodes))
           + "</main></div></body></html>\n")
