@@ -110,3 +110,44 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
   path = tmp_path / "curves.png"
   plots.plot_training_curves(read, path, title="run")
   assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _split_report(harm, util):
+  return {"groups": {"all": {"harmful_compliance": harm, "utility": util,
+                             "privacy_leak": None}}}
+
+
+def test_final_block_paths_and_before_after_table(tmp_path):
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  report = {
+      "before": {"validation": _split_report(_stat(0.25, 0.1, 0.4),
+                                             _stat(0.5, 0.3, 0.7)),
+                 "test": _split_report(_stat(0.5, 0.3, 0.7),
+                                       _stat(0.5, 0.3, 0.7))},
+      "after": {"validation": _split_report(_stat(0.125, 0.05, 0.3),
+                                            _stat(0.75, 0.5, 0.9)),
+                "test": _split_report(_stat(0.5, 0.3, 0.7),
+                                      {"value": None})},
+      "eval_tasks": {"validation": 16, "test": 32}}
+  rows = [{"step": 1, "sft/loss": 2.0}, {"step": 2, "rl/reward": 0.5}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  (tmp_path / "tensorboard").mkdir()
+  text = train.after_run(str(tmp_path), report)
+  assert f"report:  {tmp_path}/report.json" in text
+  assert f"curves:  {tmp_path}/training_curves.png" in text
+  assert f"events:  {tmp_path}/tensorboard" in text
+  assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+  lines = text.splitlines()
+  validation = lines.index("validation (16 tasks): value [95% interval]")
+  harm = lines[validation + 2].split()
+  assert harm == ["harmful_compliance", "0.250", "[0.100,", "0.400]",
+                  "0.125", "[0.050,", "0.300]", "-0.125"]
+  test = lines.index("test (32 tasks): value [95% interval]")
+  utility = next(line for line in lines[test:] if "utility " in line)
+  assert utility.split() == ["utility", "0.500", "[0.300,", "0.700]",
+                                     "-", "-"]
+  # Every headline metric has its row, present in the report or not.
+  from mosaic_jax.train import mosaic  # pylint: disable=g-import-not-at-top
+  for metric in mosaic.REPORT_METRICS:
+    assert sum(line.split()[:1] == [metric] for line in lines) == 2, metric

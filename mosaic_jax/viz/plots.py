@@ -126,9 +126,17 @@ def draw_safety_utility(ax: Any, reports: Sequence[Mapping[str, Any]], *,
     order = np.argsort(points[on_front, 0])
     ax.plot(points[on_front, 0][order], points[on_front, 1][order],
             c="tab:red", lw=1)
+  seen: dict[tuple[float, float], int] = {}
   for report, (x, y) in zip(reports, points):
+    # Runs on the same spot get stacked labels; labels near the right or
+    # top edge go inside the axes.
+    k = seen.setdefault((round(x, 2), round(y, 2)), 0)
+    seen[(round(x, 2), round(y, 2))] += 1
+    right, top = x > 0.7, y > 0.9
     ax.annotate(report["name"], (x, y), textcoords="offset points",
-                xytext=(5, 5), fontsize=8)
+                xytext=(-5 if right else 5, (-12 - 10 * k) if top
+                        else 5 + 10 * k),
+                ha="right" if right else "left", fontsize=8)
   ax.set_xlim(*RATE_LIM)
   ax.set_ylim(*RATE_LIM)
   ax.set_xlabel(f"1 − {safety}" if lower_is_safer else safety)
@@ -217,14 +225,21 @@ def plot_training_curves(rows: Sequence[Mapping[str, float]],
   """`draw_training_curves` on a new figure (one panel per `CURVE_PANELS`
   entry, titled `title`) written to `path`; returns what was drawn."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, len(CURVE_PANELS),
-                           figsize=(3.4 * len(CURVE_PANELS), 3.2))
-  drawn = draw_training_curves(axes, rows)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  cols = 3
+  rows_n = -(-len(CURVE_PANELS) // cols)
+  fig, grid = plt.subplots(rows_n, cols, figsize=(4 * cols, 3 * rows_n),
+                           squeeze=False)
+  axes = list(grid.ravel())
+  for spare in axes[len(CURVE_PANELS):]:
+    spare.set_visible(False)
+  try:
+    drawn = draw_training_curves(axes[:len(CURVE_PANELS)], rows)
+    if title:
+      fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+  finally:
+    plt.close(fig)
   return drawn
 
 
@@ -259,6 +274,8 @@ def draw_training_curves(axes: Sequence[Any],
     else:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center",
               transform=ax.transAxes, color="gray")
+      ax.set_xticks([])
+      ax.set_yticks([])
     ax.set_title(panel, fontsize=10)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
