@@ -33,8 +33,9 @@ QUIET_VERBOSITY = -1
 
 
 def fail(message: str) -> NoReturn:
-  """Prints `error: <message>` (its first line) on stderr; exits with 2."""
-  print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+  """Prints `error: <message>` on stderr; exits with 2. One line, except a
+  config's list of problems (one per line under its title)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)
 
 

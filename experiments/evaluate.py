@@ -97,6 +97,10 @@ def main(argv):
   check_names(_CONFIG.value)
   try:
     harness.run(_CONFIG.value)
+  except jsonfiles.DatasetError as e:
+    # Its later lines are the download instructions docs/data.md also has.
+    cli.fail(f"{cli.one_line(e)} (docs/data.md says where the files come "
+             "from)")
   except INPUT_ERRORS as e:
     cli.fail(str(e))
   except AssertionError as e:

@@ -198,7 +198,8 @@ def _reader(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
   stacked = path[0] == "blocks"
 
   def one(name: str, index: tuple[slice, ...]) -> np.ndarray:
-    return _finite(view.read(files.array(name), index), files,
+    # get_slice: only the rows of `index` leave the memory-mapped file.
+    return _finite(view.read(files.slice(name), index), files,
                    name).astype(dtype)
 
   def read(index: tuple[slice, ...]) -> np.ndarray:
