@@ -133,3 +133,13 @@ def test_hub_id_resolves_through_the_local_cache(tmp_path, monkeypatch):
   with pytest.raises(ModelFileError, match="someone/other: not a local "
                      "directory, and not in the Hugging Face cache"):
     hub.resolve("someone/other")
+
+
+def test_demo_exports_to_its_own_directory_with_the_tokenizer(tmp_path):
+  out = _run("experiments.demo", "--config=configs/tiny.py",
+             f"--config.workdir={tmp_path}/workdir", f"--out={tmp_path}/x")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "reloaded logits identical: True" in out.stdout
+  assert (tmp_path / "x" / "tokenizer_config.json").is_file()
+  assert (tmp_path / "x" / "model.safetensors").is_file()
+  assert not (tmp_path / "workdir").exists()
