@@ -37,6 +37,12 @@ EXTRAS = {
     "cuda": [f"jax[cuda12]=={JAX_VERSION}"],
     "tpu": [f"jax[tpu]=={JAX_VERSION}"],
     "agentdojo": ["agentdojo==0.1.35"],
+    # Viewers of what a run logs (train.metrics): `tensorboard --logdir
+    # WORKDIR` over the event files tensorboardX writes, and Weights & Biases
+    # (logging.backends=("jsonl", "tensorboard", "wandb"); offline mode
+    # needs no network).
+    "tensorboard": ["tensorboard==2.21.0"],
+    "wandb": ["wandb==0.30.0"],
     "test": [
         # Exactly this version: it installs from a local CPU wheel; a looser
         # spec pulls several GB of CUDA packages.

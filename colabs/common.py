@@ -13,7 +13,6 @@ Environment switches (the tests set them; a person usually does not):
 from __future__ import annotations
 
 import copy
-import html
 import importlib
 import json
 import os
@@ -38,14 +37,13 @@ import orbax.checkpoint as ocp
 from IPython.display import Markdown, display
 
 from mosaic_jax import pareto
-from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
-                                      Refusal, ToolCall)
 from mosaic_jax.agent.tokenizer import TINY_TOKENIZER_DIR
 from mosaic_jax.envs.verifiers import OBJECTIVES
 from mosaic_jax.models import presets
 from mosaic_jax.eval import heldout
 from mosaic_jax.methods import fate, mosaic
 from mosaic_jax.train import metrics as metrics_lib, run as run_lib
+from mosaic_jax.viz import transcripts
 
 SMOKE = os.environ.get("MOSAIC_NOTEBOOK_SMOKE") == "1"
 ROOT = pathlib.Path(os.environ.get("MOSAIC_NOTEBOOK_ROOT",
@@ -411,55 +409,10 @@ def plot_fronts(buffers: Mapping[str, Sequence[fate.BufferEntry]],
 
 # ------------------------------------------------------------ transcripts --
 
-_COLOURS = {"plan": "#dbeafe", "safety": "#fde68a", "call": "#bbf7d0",
-            "refusal": "#fecaca", "answer": "#e9d5ff", "invalid": "#fca5a5",
-            "tool": "#f3f4f6", "user": "#ffffff"}
 
-
-def _box(kind: str, label: str, text: str) -> str:
-  return (f'<div style="background:{_COLOURS[kind]};margin:2px 0;'
-          f'padding:4px 8px;border-radius:4px;font-family:monospace;'
-          f'white-space:pre-wrap;font-size:12px"><b>{label}</b>\n'
-          f"{html.escape(text)}</div>")
-
-
-def _turn_boxes(turn: ParsedTurn, raw: str) -> list[str]:
-  boxes = []
-  if turn.plan is not None:
-    boxes.append(_box("plan", "plan &lt;think&gt;", turn.plan))
-  if turn.safety_thoughts is not None:
-    boxes.append(_box("safety", "safety check &lt;safety_thoughts&gt;",
-                      turn.safety_thoughts))
-  action = turn.action
-  if isinstance(action, ToolCall):
-    boxes.append(_box("call", f"action: call {html.escape(action.name)}",
-                      json.dumps(dict(action.arguments), ensure_ascii=False)))
-  elif isinstance(action, Refusal):
-    boxes.append(_box("refusal", "action: refuse", action.reason))
-  elif isinstance(action, Answer):
-    boxes.append(_box("answer", "action: final answer", action.text))
-  elif isinstance(action, InvalidAction):
-    boxes.append(_box("invalid", f"invalid turn: {html.escape(action.reason)}",
-                      raw))
-  return boxes
-
-
-def transcript_html(info: Any, max_observation: int = 600) -> str:
-  """An episode (`rollout.EpisodeInfo`) as HTML: the request, then each turn's
-  plan, safety check and action in their own colours, then the tool result."""
-  record = info.record
-  parts = [f"<p><b>{html.escape(record.task.task_id)}</b> "
-           f"({html.escape(record.policy)}), z = "
-           + ", ".join(f"{n} {v:g}" for n, v in zip(OBJECTIVES, record.z))
-           + f", ended: {html.escape(info.end_reason)}</p>",
-           _box("user", "user", record.task.prompt)]
-  for k, (turn, raw) in enumerate(zip(record.turns, info.texts)):
-    parts.append(f"<p style='margin:6px 0 0'><b>turn {k + 1}</b></p>")
-    parts += _turn_boxes(turn, raw)
-    if k < len(info.observations) and not (
-        k == len(record.turns) - 1 and info.end_reason == "terminal"):
-      obs = info.observations[k]
-      if len(obs) > max_observation:
-        obs = obs[:max_observation] + " [...]"
-      parts.append(_box("tool", "tool result", obs))
-  return "\n".join(parts)
+def transcript_html(info: Any) -> str:
+  """An episode (`rollout.EpisodeInfo`) as HTML: the request, then each
+  turn's plan, safety check, action and tool result in their role's colour,
+  injected text marked, and the verifier's verdict; the renderer of
+  `python -m experiments.transcripts` (`mosaic_jax.viz.transcripts`)."""
+  return transcripts.fragment([transcripts.episode_from_info(info)])

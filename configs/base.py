@@ -114,6 +114,14 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       max_turns=8, max_tokens_per_turn=256, max_total_length=4096,
       strategy="temperature", temperature=1.0, top_k=0,
       top_p=1.0, seed=0, stop_strings=(), min_bucket=16))
+  # Where the metrics go (train.metrics): workdir/metrics.jsonl ("jsonl"),
+  # TensorBoard events under workdir/tensorboard ("tensorboard"; view with
+  # `tensorboard --logdir WORKDIR`, pip install -e .[tensorboard]) and
+  # Weights & Biases ("wandb", pip install -e .[wandb]; offline by default:
+  # runs sync later with `wandb sync WORKDIR/wandb/offline-run-*`).
+  c.logging = ml_collections.ConfigDict(dict(
+      backends=("jsonl", "tensorboard"), wandb_project="mosaic-jax",
+      wandb_mode="offline"))
   # Orbax checkpoints under workdir/checkpoints: every k steps, newest n kept.
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3))
   # Evaluation (eval.heldout.HeldOut) before RL, every `every` RL

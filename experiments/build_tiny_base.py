@@ -22,6 +22,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 from mosaic_jax.models import convert, presets
 from mosaic_jax.eval import heldout
 from mosaic_jax.methods import mosaic
@@ -75,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

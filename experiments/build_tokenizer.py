@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from absl import app, flags
+from absl import flags
 
+from experiments import cli
 from mosaic_jax.agent import render, tokenizer
 from mosaic_jax.envs import scripted, tasks
 from mosaic_jax.envs.transcripts import transcript
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main, config_files=False)

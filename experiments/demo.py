@@ -5,6 +5,10 @@ r"""The model demo: build the configured model, run it, save and reload it.
 With `--config.model.path=DIR` it loads an HF checkpoint instead of a random
 tiny model. Prints the parameter count, next-token predictions for a short
 prompt, and checks that an HF save/reload reproduces the logits exactly.
+
+The export (weights, config.json and the tokenizer: `--config.tokenizer`,
+else the one beside `model.path`, else the tiny one) goes to `--out`
+(default /tmp/mosaic_demo/hf_export), never into a training workdir.
 """
 import os
 import time
@@ -12,13 +16,27 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
+from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
 from mosaic_jax import models
+from mosaic_jax.agent import tokenizer as tokenizer_lib
 from mosaic_jax.models import presets
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py")
+_OUT = flags.DEFINE_string("out", "/tmp/mosaic_demo/hf_export",
+                           "where the HF export (with the tokenizer) goes")
+
+
+def demo_tokenizer(cfg):
+  """The tokenizer saved with the export: `cfg.tokenizer`, else the one
+  beside `cfg.model.path`, else the committed tiny tokenizer."""
+  for where in (cfg.get("tokenizer", ""), cfg.model.path):
+    if where and os.path.isfile(os.path.join(models.hub.resolve(where),
+                                             "tokenizer_config.json")):
+      return models.load_tokenizer(where)
+  return tokenizer_lib.load_tiny_tokenizer()
 
 
 def build_model(cfg):
@@ -44,15 +62,15 @@ def main(argv):
   logits = jax.block_until_ready(forward(model, tokens))
   print(f"forward [1, 16] -> {tuple(logits.shape)} in {time.perf_counter() - start:.2f}s "
         f"(incl. compile); next-token argmax: {np.asarray(logits[0].argmax(-1)).tolist()}")
-  out = os.path.join(cfg.workdir or "/tmp/mosaic_demo", "hf_export")
-  models.save_pretrained(model, out)
+  out = _OUT.value
+  models.save_pretrained(model, out, tokenizer=demo_tokenizer(cfg))
   reloaded = models.from_pretrained(out, dtype=cfg.model.dtype,
                                     compute_dtype=cfg.model.compute_dtype)
   same = np.array_equal(np.asarray(forward(reloaded, tokens)), np.asarray(logits))
-  print(f"saved to {out}; reloaded logits identical: {same}")
+  print(f"saved to {out} (with its tokenizer); reloaded logits identical: {same}")
   if not same:
     raise SystemExit("save/reload changed the logits")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -26,12 +26,14 @@ orbax metadata), benchmark file or training checkpoint, or runs --compare
 cannot read.
 """
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import cli
+
 from mosaic_jax.benchmarks import jsonfiles
+from mosaic_jax.envs import scripted
 from mosaic_jax.eval import harness
 from mosaic_jax.models.config import ModelFileError
 from mosaic_jax.train import checkpoint, validate
@@ -50,6 +52,30 @@ _COMPARE_OUT = flags.DEFINE_string("compare_out", "",
                                    "where compare.md and plots go")
 
 
+def check_names(config) -> None:
+  """Exits with one line for an unknown `--config.benchmarks` entry or a
+  `--config.policy` that is neither a scripted policy nor a directory
+  (before any data or model is loaded)."""
+  names = [n.strip() for n in str(config.benchmarks).split(",") if n.strip()]
+  for name in names or [""]:
+    if name not in harness.BENCHMARKS:
+      cli.fail(f"--config.benchmarks: unknown benchmark {name!r}"
+               f"{cli.did_you_mean(name, harness.BENCHMARKS)} (valid: "
+               f"{', '.join(harness.BENCHMARKS)}, comma-separated)")
+  if config.checkpoint:
+    if not os.path.isdir(config.checkpoint):
+      cli.fail(f"--config.checkpoint={config.checkpoint}: no such directory "
+               "(a training workdir, checkpoints dir, step dir, or an HF or "
+               "orbax model dir)")
+    return
+  policies = sorted(scripted.POLICIES)
+  if config.policy not in scripted.POLICIES and not os.path.isdir(
+      config.policy):
+    cli.fail(f"--config.policy: unknown policy {config.policy!r}"
+             f"{cli.did_you_mean(config.policy, policies)} (valid: "
+             f"{', '.join(policies)}, or a checkpoint directory)")
+
+
 def main(argv):
   if _COMPARE.value:
     # `--compare A B` leaves B among the positional arguments.
@@ -63,22 +89,34 @@ def main(argv):
     try:
       print(harness.compare_runs(a, b, out), end="")
     except (OSError, ValueError, KeyError) as e:
-      print(f"error: --compare: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
+      cli.fail(f"--compare: {cli.one_line(e)}")
     return
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("set --config=configs/eval/NAME.py (or --compare)")
+  check_names(_CONFIG.value)
   try:
     harness.run(_CONFIG.value)
+  except jsonfiles.DatasetError as e:
+    # Its later lines are the download instructions docs/data.md also has.
+    cli.fail(f"{cli.one_line(e)} (docs/data.md says where the files come "
+             "from)")
   except INPUT_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    cli.fail(str(e))
+  except AssertionError as e:
+    # TFDS asserts when a benchmark's manual directory is missing or empty.
+    if not str(e).startswith("Manual directory"):
+      raise
+    where = _CONFIG.value.manual_dir or "(TFDS default)"
+    reason = cli.one_line(e).split(". ")[0]
+    cli.fail(f"--config.manual_dir={where}: benchmark files missing for "
+             f"{_CONFIG.value.benchmarks} ({reason}); put <benchmark>/ "
+             "there as docs/data.md says")
   with open(os.path.join(_CONFIG.value.output_dir, harness.SUMMARY_MD),
             encoding="utf-8") as f:
     print(f.read(), end="")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=validate.parse_config_flags)
+  cli.main(main)

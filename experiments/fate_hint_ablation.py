@@ -16,8 +16,10 @@ import json
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from experiments import cli
 
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.rollout import ModelPolicy
@@ -85,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(main)

@@ -10,6 +10,10 @@ Every output (checkpoints, metrics.jsonl, TensorBoard events, report.json)
 goes under --config.workdir; running the same command again resumes from the
 newest checkpoint. The flow is described in mosaic_jax/train/run.py (set-up,
 SFT, evaluation) and mosaic_jax/methods/ (mosaic.py, fate.py).
+When the run ends it draws training_curves.png (reward, KL, entropy,
+validation rates, SFT loss against step) and prints where the report is and
+a before/after table of the headline metrics with 95% intervals per split.
+Third-party INFO logging is off; `--verbosity=0` brings it back.
 
 Exit status: 0 done; 2 the config, tokenizer, model files, data or workdir
 cannot run (checked before any compute; the message names the field or
@@ -18,19 +22,23 @@ and the step to fall back to);
 143 preempted by SIGTERM after checkpointing (rerun to resume); 1 stopped
 after `max_nonfinite_steps` non-finite updates in a row, or any other error.
 """
-import json
+import os
 import sys
+from typing import Any, Mapping
 
 from absl import app
 import ml_collections
 from ml_collections import config_flags
+
+from experiments import cli
 
 from configs import base, fate_settings
 from mosaic_jax import distributed
 from mosaic_jax.models.config import ModelFileError
 from mosaic_jax.eval import heldout
 from mosaic_jax.methods import fate, mosaic
-from mosaic_jax.train import checkpoint, faults, validate
+from mosaic_jax.train import checkpoint, faults, run as run_lib, validate
+from mosaic_jax.viz import plots, summary
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py",
                                           "experiment config file")
@@ -70,14 +78,27 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   if distributed.is_main_process():
-    # Headline values per part and split (intervals, baselines and the
-    # sampled runs are in report.json).
-    table = {k: {split: {m: heldout.headline(rep).get(m)
-                         for m in heldout.REPORT_METRICS}
-                 for split, rep in report[k].items()}
-             for k in ("before", "after")}
-    print(json.dumps(table, indent=2), flush=True)
+    print(after_run(config.workdir, report), flush=True)
 
+
+def after_run(workdir: str, report: Mapping[str, Any]) -> str:
+  """Draws `workdir/training_curves.png` from metrics.jsonl and returns the
+  final block: where the report, curves and TensorBoard events are, and the
+  before/after table with intervals (`viz.summary`)."""
+  curves = os.path.join(workdir, plots.CURVES_FILE)
+  metrics_file = os.path.join(workdir, plots.METRICS_FILE)
+  if os.path.isfile(metrics_file):
+    plots.plot_training_curves(plots.read_metrics(metrics_file), curves,
+                               title=workdir)
+  else:
+    curves = None
+  extra = [f"{name + ':':<9}{os.path.join(workdir, sub)}"
+           for name, sub in (("events", "tensorboard"),)
+           if os.path.isdir(os.path.join(workdir, sub))]
+  return summary.final_block(
+      report, heldout.REPORT_METRICS,
+      report_path=os.path.join(workdir, run_lib.REPORT_FILE),
+      curves_path=curves, extra=extra)
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=validate.parse_config_flags)
+  cli.main(main)

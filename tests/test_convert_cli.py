@@ -22,6 +22,9 @@ def test_hf_to_orbax_to_hf(tmp_path):
   _convert(tmp_path / "hf", tmp_path / "orbax", "orbax")
   assert os.path.isdir(tmp_path / "orbax" / "params")
   _convert(tmp_path / "orbax", tmp_path / "back", "hf")
+  # HF's decoding defaults and stop ids travel along both ways.
+  for step in ("hf", "orbax", "back"):
+    assert os.path.isfile(tmp_path / step / "generation_config.json"), step
   back = type(hf).from_pretrained(str(tmp_path / "back"), attn_implementation="eager")
   for key, value in hf.state_dict().items():
     np.testing.assert_array_equal(back.state_dict()[key].numpy(), value.numpy(), err_msg=key)

@@ -138,21 +138,25 @@ def test_transcript_html_highlights_each_part():
         prompt = "do <it>"
 
   text = common.transcript_html(Info)
-  for part in ("plan &lt;think&gt;</b>\np1",
-               "safety check &lt;safety_thoughts&gt;</b>\nrisky?",
-               "action: call send</b>\n{&quot;to&quot;: &quot;a&amp;b&quot;}",
-               "action: refuse</b>\nno",
-               "invalid turn: unterminated &lt;tool_call&gt;</b>\n"
-               "&lt;tool_call&gt;\nbroken",
+  # One box per part, labelled by role (mosaic_jax.viz.transcripts).
+  for part in ('plan &lt;think&gt;</div><pre>p1</pre>',
+               'safety check &lt;safety_thoughts&gt;</div><pre>risky?</pre>',
+               'class="msg call"><div class="role">action: call send</div>'
+               '<pre>{\n &quot;to&quot;: &quot;a&amp;b&quot;\n}</pre>',
+               'class="msg refusal"><div class="role">action: refuse</div>'
+               '<pre>no</pre>',
+               'invalid turn: unterminated &lt;tool_call&gt;</div><pre>'
+               '&lt;tool_call&gt;\nbroken</pre>',
                "do &lt;it&gt;", "result &lt;1&gt;",
-               "security 1, utility 0.5, no_over_refusal 1, validity 0"):
+               "security 1", "utility 0.5", "no_over_refusal 1",
+               "validity 0"):
     assert part in text, part
   # Nothing follows a terminal last turn.
   assert "done" not in text
   answer = common.transcript_html(type("I", (Info,), {
       "record": type("R", (Info.record,), {
           "turns": (ParsedTurn(Answer("all set")),)})}))
-  assert "action: final answer</b>\nall set" in answer
+  assert "action: final answer</div><pre>all set</pre>" in answer
 
 
 def test_run_reads_back_resumes_or_clears(tmp_path, monkeypatch):

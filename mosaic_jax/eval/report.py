@@ -35,6 +35,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mosaic_jax.viz import plots
+
 Report = dict[str, Any]
 
 
@@ -355,13 +357,6 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
   return ~dominated
 
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")  # Headless: reports are drawn on servers and CI.
-  import matplotlib.pyplot as plt
-  return plt
-
-
 def _value(report: Report, group: str, metric: str) -> float:
   stat = report["groups"].get(group, {}).get(metric)
   if stat is None:
@@ -373,72 +368,20 @@ def _value(report: Report, group: str, metric: str) -> float:
 def plot_safety_utility(reports: Sequence[Report], path: str | os.PathLike, *,
                         safety: str, utility: str, group: str = "all",
                         lower_is_safer: bool = False) -> np.ndarray:
-  """Safety-vs-utility scatter of compared runs with their Pareto front.
-
-  Args:
-    reports: the runs to compare.
-    path: where to write the figure (format from the extension).
-    safety: the metric on the x axis (e.g. `security`, or `injection_asr`
-      with `lower_is_safer=True`).
-    utility: the metric on the y axis (higher is better).
-    group: the group the metrics are read from.
-    lower_is_safer: the safety metric is a failure rate; the axis shows
-      `1 − value` so that up and right are better.
+  """Safety-vs-utility plane of compared runs, with intervals and their
+  Pareto front (`viz.plots.plot_safety_utility`: [0, 1] axes).
 
   Returns:
     `[K, 2]` the plotted (safety, utility) points, in `reports` order.
   """
-  plt = _pyplot()
   points = np.array([[_value(r, group, safety), _value(r, group, utility)]
                      for r in reports], np.float64)
   if lower_is_safer:
     points[:, 0] = 1.0 - points[:, 0]
-  front = pareto_front(points)
-  fig, ax = plt.subplots(figsize=(5, 4))
-  ax.scatter(points[~front, 0], points[~front, 1], c="tab:gray", label="runs")
-  ax.scatter(points[front, 0], points[front, 1], c="tab:red",
-             label="Pareto front")
-  order = np.argsort(points[front, 0])
-  ax.plot(points[front, 0][order], points[front, 1][order], c="tab:red")
-  for report, (x, y) in zip(reports, points):
-    ax.annotate(report["name"], (x, y), textcoords="offset points",
-                xytext=(4, 4), fontsize=8)
-  ax.set_xlabel(f"1 − {safety}" if lower_is_safer else safety)
-  ax.set_ylabel(utility)
-  ax.set_title(f"safety vs utility ({group})")
-  ax.legend(loc="lower left", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return points
+  return plots.plot_safety_utility(
+      reports, path, safety=safety, utility=utility, group=group,
+      lower_is_safer=lower_is_safer, front=pareto_front(points))
 
 
-def plot_group_bars(report: Report, metric: str, path: str | os.PathLike, *,
-                    prefix: str) -> list[str]:
-  """Bars of `metric` for the groups named `prefix...` (e.g. `category=`).
-
-  Error bars are the bootstrap interval. Groups without the metric are
-  skipped. Returns the plotted group names, without the prefix.
-  """
-  plt = _pyplot()
-  names, values, lows, highs = [], [], [], []
-  for group, metrics in report["groups"].items():
-    stat = metrics.get(metric)
-    if group.startswith(prefix) and stat is not None:
-      names.append(group[len(prefix):])
-      values.append(stat["value"])
-      lows.append(stat["value"] - stat["low"])
-      highs.append(stat["high"] - stat["value"])
-  if not names:
-    raise KeyError(f"run {report['name']!r} has no group '{prefix}...' with "
-                   f"{metric!r}")
-  fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 1), 3.5))
-  ax.bar(range(len(names)), values, yerr=[lows, highs], capsize=3,
-         color="tab:blue")
-  ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-  ax.set_ylabel(metric)
-  ax.set_title(f"{report['name']}: {metric} by {prefix.rstrip('=')}")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return names
+# Bars of a metric by group, with intervals, on [0, 1].
+plot_group_bars = plots.plot_group_bars

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from mosaic_jax import sharding as sharding_lib
 from mosaic_jax.models import decoder as decoder_lib
+from mosaic_jax.models import hub
 from mosaic_jax.models import lora as lora_lib
 from mosaic_jax.models import safetensors_io
 from mosaic_jax.models.config import ModelConfig, ModelFileError, dtype_name
@@ -198,7 +199,8 @@ def _reader(cfg: ModelConfig, files: safetensors_io.SafetensorsDir,
   stacked = path[0] == "blocks"
 
   def one(name: str, index: tuple[slice, ...]) -> np.ndarray:
-    return _finite(view.read(files.array(name), index), files,
+    # get_slice: only the rows of `index` leave the memory-mapped file.
+    return _finite(view.read(files.slice(name), index), files,
                    name).astype(dtype)
 
   def read(index: tuple[slice, ...]) -> np.ndarray:
@@ -217,7 +219,8 @@ def from_pretrained(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
   Decoder.
 
   Args:
-    path: directory with config.json and model.safetensors (or an index).
+    path: directory with config.json and model.safetensors (or an index),
+      or a hub id in the local Hugging Face cache (`models.hub`).
     dtype: parameter dtype.
     mesh: place each parameter directly in its sharded layout on this mesh;
       each process reads only the slices its devices hold.
@@ -227,7 +230,9 @@ def from_pretrained(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None,
 
   Raises:
     FileNotFoundError, KeyError, ValueError naming the file, tensor and shape.
+    ModelFileError: a hub id that is not in the local cache.
   """
+  path = hub.resolve(path)
   cfg = ModelConfig.from_hf(path, param_dtype=dtype_name(dtype),
                             dtype=dtype_name(compute_dtype or dtype),
                             **config_overrides)
@@ -317,6 +322,19 @@ def save_pretrained(model: decoder_lib.Decoder, path: str, *,
     raise
 
 
+GENERATION_CONFIG = "generation_config.json"
+
+
+def copy_generation_config(src: str, dst: str) -> bool:
+  """Copies `src/generation_config.json` (HF's default decoding settings and
+  stop ids) into `dst` when there is one; returns whether it was copied."""
+  source = os.path.join(os.fspath(src), GENERATION_CONFIG)
+  if not os.path.isfile(source):
+    return False
+  shutil.copyfile(source, os.path.join(os.fspath(dst), GENERATION_CONFIG))
+  return True
+
+
 def load_tokenizer(path: str):
   """The tokenizer (and its chat template) stored beside the weights.
 
@@ -324,7 +342,7 @@ def load_tokenizer(path: str):
   """
   import transformers  # Heavy import, only needed here.
   return transformers.AutoTokenizer.from_pretrained(
-      os.fspath(path), trust_remote_code=False, local_files_only=True)
+      hub.resolve(path), trust_remote_code=False, local_files_only=True)
 
 
 # ------------------------------------------------------------------ orbax --
@@ -437,7 +455,7 @@ def check_model_dir(path: str, **config_overrides) -> ModelConfig:
     ModelFileError: one line naming the file and the key.
   """
   try:
-    return _check_model_dir(path, **config_overrides)
+    return _check_model_dir(hub.resolve(path), **config_overrides)
   except ModelFileError:
     raise
   except (OSError, KeyError, ValueError) as e:
@@ -475,6 +493,7 @@ def load_model(path: str, **kwargs) -> decoder_lib.Decoder:
   """Loads either an HF safetensors directory or an orbax model directory
   (checked first by `check_model_dir`: a bad file fails before any array is
   built, in one line)."""
+  path = hub.resolve(path)
   check_model_dir(path)
   if os.path.isdir(os.path.join(os.fspath(path), ORBAX_PARAMS)):
     return load_orbax(path, **kwargs)

@@ -498,8 +498,8 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
                                             seed=config.seed, mesh=r.mesh)
     state, extra, resumed = r.checkpoints.ckpt.restore_or_keep(template)
     step = int(state.step)
-    r.writer = metrics_lib.MetricsWriter(r.workdir, total_steps=total_steps,
-                                         initial_step=step)
+    r.writer = metrics_lib.MetricsWriter.from_config(
+        r.workdir, config, total_steps=total_steps, initial_step=step)
     if r.main:
       start = f"resumed at step {step}" if resumed else "fresh"
       sizes = ", ".join(f"{s} {n}" for s, n in r.heldout.sizes().items())

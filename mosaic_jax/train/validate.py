@@ -47,8 +47,9 @@ from mosaic_jax import judge as judge_lib, losses, rewards, sharding
 from mosaic_jax.agent import parse
 from mosaic_jax.envs import scripted
 from mosaic_jax.envs import tasks as tasks_lib
-from mosaic_jax.models import lora as lora_lib, presets
-from mosaic_jax.models.config import REMAT_POLICIES
+from mosaic_jax.models import hub, lora as lora_lib, presets
+from mosaic_jax.models.config import REMAT_POLICIES, ModelFileError
+from mosaic_jax.train import metrics as metrics_lib
 
 # Sections whose keys are data, not settings (policy name -> weight).
 FREE_FORM = ("sft.mix",)
@@ -263,12 +264,21 @@ def value_problems(config: ml_collections.ConfigDict,
   _choice(p, "method", config.get("method", "mosaic"), METHODS)
   m = config.model
   if m.path:
-    if not os.path.isdir(m.path):
+    try:
+      local = hub.resolve(m.path)  # a hub id: its cached snapshot
+    except ModelFileError as e:
+      p.append(f"model.path: {e}")
+      local = None
+    if local is not None and not os.path.isdir(local):
       p.append(f"model.path: {m.path!r} is not a directory; point it at an "
-               "HF safetensors or orbax model directory, or set it to '' "
-               "for a randomly initialised model.preset")
+               "HF safetensors or orbax model directory (or a hub id in the "
+               "local Hugging Face cache), or set it to '' for a randomly "
+               "initialised model.preset")
   else:
     _choice(p, "model.preset", m.preset, presets.PRESETS)
+  if "logging" in config:
+    for backend in config.logging.backends:
+      _choice(p, "logging.backends", backend, metrics_lib.BACKENDS)
   _choice(p, "model.dtype", m.dtype, DTYPES)
   _choice(p, "model.compute_dtype", m.compute_dtype, DTYPES)
   _choice(p, "model.remat", m.remat, REMAT_POLICIES)
