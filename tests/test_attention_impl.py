@@ -60,7 +60,10 @@ def _loss_and_grads(cfg, tokens, mask):
     m = nnx.merge(graphdef, state)
     logp = losses.token_logprobs(m(tokens[:, :-1], mask=mask[:, :-1]),
                                  tokens[:, 1:])
-    return jnp.sum(logp * mask[:, 1:]) / jnp.sum(mask[:, 1:])
+    # Real inputs predicting real targets (a pad input row's output differs
+    # by implementation and no training loss reads it).
+    weights = mask[:, :-1] * mask[:, 1:]
+    return jnp.sum(logp * weights) / jnp.sum(weights)
 
   return jax.jit(jax.value_and_grad(loss))(state)
 
