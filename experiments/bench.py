@@ -281,7 +281,7 @@ def bench_sampler() -> dict[str, object]:
 
   episode("unrolled")  # compiles both prefill shapes and the decode loop
   per_turn = np.median([episode("unrolled") for _ in range(rounds)], axis=0)
-  bound = statistics.median([bound_before, memory_bound_gbps()])
+  bound = round(statistics.median([bound_before, memory_bound_gbps()]), 2)
   floor = decode_hlo.floor_bytes(model.cfg, batch,
                                  sampling.attention_window(width + new, width + new))
   share = lambda side: round(floor * new / timed[f"{side}_wall_s"] / 1e9 / bound, 3)
