@@ -49,7 +49,8 @@ _SCALE = flags.DEFINE_enum("scale", "gpu", ["gpu", "cpu"],
                            "gpu: the sizes above; cpu: toy sizes (smoke test).")
 _SECTIONS = flags.DEFINE_list(
     "sections", "matmul,train_small_jax,train_small_torch,decode_4b,"
-    "decode_4b_hf,train_4b,rl_step_small,rl_step_4b",
+    "decode_4b_hf,train_4b,rl_step_small,rl_step_4b,fate_round_small,"
+    "fate_round_4b",
     "Sections to run, in order.")
 _PEAK = flags.DEFINE_float("peak_tflops", 989.0, "Nominal dense bf16 TFLOP/s.")
 _HBM = flags.DEFINE_float("hbm_tbps", 4.8, "Nominal HBM bandwidth, TB/s.")
@@ -343,6 +344,90 @@ def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
       # for the environments' steps).
       "rollout_device_idle_share": round(stats["host_s"] / stats["wall_s"], 3),
   }
+
+
+def _fate_round(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
+                tokens_per_turn: int) -> dict:
+  """One FATE round, phase by phase: mining + K repairs each + scoring
+  (`fate.run_round`, real environments), one SFT step on the replay buffer
+  (skipped when no repair was kept: a random model rarely beats its own
+  failure), and one PFPO step (a rollout, `fate.pg_batch`, the update);
+  timed after a compiling warm-up round."""
+  import jax
+  import numpy as np
+
+  from mosaic_jax import fate as fate_lib
+  from mosaic_jax import rollout, sharding
+  from mosaic_jax.agent import tokenizer as tokenizer_lib
+  from mosaic_jax.envs import tasks
+  from mosaic_jax.models import init_model
+  from mosaic_jax.train import state as state_lib, steps
+  tok = tokenizer_lib.load_tiny_tokenizer()
+  cfg = _rl_model_cfg(cfg, len(tok))
+  model = init_model(cfg, seed=0)
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  task_list = tasks.all_tasks()[::7][:n_tasks]
+  config = rollout.RolloutConfig(
+      max_turns=turns, max_tokens_per_turn=tokens_per_turn,
+      max_total_length=turns * (tokens_per_turn + 96) + 512, group_size=group,
+      seed=0, stop_strings=("e",))
+  fcfg = fate_lib.FateConfig(num_candidates=2,
+                             prompt_extra_tokens=turns * tokens_per_turn)
+  state = state_lib.create_train_state(model, state_lib.OptimizerConfig(),
+                                       mesh=mesh)
+  sft_step = steps.make_sft_step(steps.SFTConfig())
+  pg_step = steps.make_pg_step(steps.PGConfig(group_size=group))
+  buffer = fate_lib.ReplayBuffer(64)
+
+  def one_round(state, index):
+    times, stats = {}, {}
+    start = time.perf_counter()
+    policy = rollout.ModelPolicy(state.merge(state.params), tok)
+    result = fate_lib.run_round(policy, task_list, tok, config, fcfg, buffer,
+                                round_index=index)
+    times["mine_and_repair_s"] = time.perf_counter() - start
+    stats.update(result.stats)
+    if len(buffer):
+      start = time.perf_counter()
+      batch, _ = fate_lib.sft_batch(list(buffer.entries), tok, "task",
+                                    rows=8, length=config.max_total_length)
+      state, metrics = sft_step(state, sharding.shard_batch(batch, mesh))
+      jax.block_until_ready(metrics)
+      times["sft_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out = rollout.rollout(rollout.ModelPolicy(state.merge(state.params), tok),
+                          task_list, tok, config, mesh=mesh)
+    batch, _ = fate_lib.pg_batch(out, fcfg)
+    state, metrics = pg_step(state, sharding.shard_batch(batch, mesh))
+    jax.block_until_ready(metrics)
+    times["pfpo_s"] = time.perf_counter() - start
+    stats["pfpo_device_idle_share"] = round(
+        out.stats["host_s"] / out.stats["wall_s"], 3)
+    return state, stats, times
+
+  state, _, _ = one_round(state, 0)  # compiles every phase
+  state, stats, times = one_round(state, 1)
+  total = sum(times.values())
+  return {
+      "model": f"{cfg.family} {cfg.num_params() / 1e6:.1f}M bf16 (vocab {cfg.vocab_size})",
+      "round_s": round(total, 3),
+      "episodes": stats["episodes"], "failures": stats["failures"],
+      "candidates": stats.get("candidates", 0), "kept": stats.get("kept", 0),
+      "sft_step": "sft_s" in times,
+      **{k.replace("_s", "_share"): round(v / total, 3) for k, v in times.items()},
+      **{k: round(v, 3) for k, v in times.items()},
+      "pfpo_device_idle_share": stats["pfpo_device_idle_share"],
+  }
+
+
+def section_fate_round_small(sizes: dict) -> dict:
+  """A FATE round on a SmolLM2-135M-shaped model."""
+  return _fate_round(sizes["rl_small"], *sizes["rl_shape"])
+
+
+def section_fate_round_4b(sizes: dict) -> dict:
+  """A FATE round on a Qwen3-4B-shaped model."""
+  return _fate_round(sizes["big"], *sizes["rl_shape"])
 
 
 def section_rl_step_small(sizes: dict) -> dict:
