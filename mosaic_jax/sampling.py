@@ -129,7 +129,6 @@ class SamplingConfig:
                        f"{DECODE_LAYERS}")
 
 
-
 # ------------------------------------------------------------ stop criteria --
 
 
@@ -406,7 +405,7 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
     # The sampled token (a stop token included) joins the cache so the next
     # turn continues after it; rows already done write an invalid slot.
     hidden, cache = model(token[:, None], mask=live[:, None], cache=c.cache,
-                          cache_window=None if layers else window,
+                          cache_window=None if layers is not None else window,
                           return_hidden=True, layer_params=layers)
     logits = jnp.einsum("bd,dv->bv", hidden[:, 0], model.unembedding())
     return _Loop(
@@ -423,7 +422,8 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
                stopped=jnp.zeros((b,), bool), lengths=jnp.zeros((b,), jnp.int32),
                string_state=stops.initial_state(b))
   out = jax.lax.while_loop(cond, body, init)
-  cache = full_cache.merge_window(out.cache) if layers else out.cache
+  cache = (full_cache.merge_window(out.cache) if layers is not None
+           else out.cache)
   return SampleOutput(tokens=out.tokens, logprobs=out.logprobs, lengths=out.lengths,
                       stopped=out.stopped, cache=cache)
 

@@ -15,9 +15,11 @@ Decode steps are the exception: a scan inside the sampler's `while_loop`
 dynamic-slices every stacked weight into a fresh buffer per layer per token
 (XLA:CPU materialises each slice before its matmul), so a step moved each
 weight three times. The sampler instead takes the per-layer slices once per
-call (`Blocks.per_layer`) and passes them as `layer_params`, which runs the
-layers as a Python loop over loop-invariant buffers (docs/benchmarks.md,
-"Where the decode step's time goes").
+call (`Blocks.per_layer`), with each layer's K/V window as its own
+kv-head-major buffer (`KVCache.windowed`), and passes them as
+`layer_params`: the layers run as a Python loop over loop-invariant buffers
+that every step reads in place (docs/benchmarks.md, "Decode: where the
+step's time goes").
 """
 from __future__ import annotations
 
@@ -120,7 +122,8 @@ class KVCache:
   positions per row whatever the padding.
 
   Attributes:
-    k, v: [L, B, S, K, H] keys / values in the compute dtype.
+    k, v: [L, B, S, K, H] keys / values in the compute dtype (a windowed
+      cache, inside a decode loop: tuples of L [B, K, W, H]; `windowed`).
     valid: [B, S] bool, slot holds a real token.
     index: [] int32, next slot to write.
     pos: [B] int32, position of each row's next real token.
