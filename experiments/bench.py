@@ -1,9 +1,18 @@
-"""Micro-benchmarks: `python -m experiments.bench NAME [--repeats=N]`.
+"""Micro-benchmarks: `python -m experiments.bench NAME [--repeats=N] [--record]`.
 
 Each benchmark is a function in `BENCHMARKS` that returns a dict of figures;
-`main` prints the result as JSON and appends a row to docs/benchmarks.md
-(date, machine, command, figures), so measured numbers carry their hardware.
-Add a benchmark by writing `bench_NAME() -> dict` and registering it.
+`main` prints the result as JSON and, with `--record` only, appends a row to
+docs/benchmarks.md (date, machine, command, figures), so measured numbers
+carry their hardware. Add a benchmark by writing `bench_NAME() -> dict` and
+registering it.
+
+Side-by-side figures follow one protocol (`alternate`): both sides run in
+this process, alternated round by round; the 1-minute load is read before
+and after every round; each side's CPU time (`time.process_time`, every
+thread of the process) is reported beside its wall time, and ratios of both;
+and `memory_bound_gbps` measures the machine's copy bandwidth in the same
+run, so a decode figure is also a share of that bound. A figure measured
+under load (loads well above 1 on this 2-core machine) is not a speed claim.
 """
 from collections.abc import Callable
 import datetime
@@ -33,6 +42,9 @@ from mosaic_jax import pareto
 from mosaic_jax import sampling
 
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed runs after warm-up.")
+_RECORD = flags.DEFINE_bool(
+    "record", False, "Append the result as a row to docs/benchmarks.md "
+    "(default: print it only).")
 
 BENCHMARKS_MD = pathlib.Path(__file__).resolve().parent.parent / "docs" / (
     "benchmarks.md")
@@ -73,8 +85,72 @@ def _seconds(fn: Callable[[], object]) -> float:
   return time.perf_counter() - start
 
 
+def load() -> float:
+  """The 1-minute load average."""
+  return round(os.getloadavg()[0], 2)
+
+
+def memory_bound_gbps(megabytes: int = 256, repeats: int = 5) -> float:
+  """Copy bandwidth of this machine now, GB/s: the best of `repeats` copies
+  of a `megabytes` float32 array, counting its read and its write."""
+  src = np.ones(megabytes * 2**20 // 4, np.float32)
+  dst = np.empty_like(src)
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    best = min(best, time.perf_counter() - start)
+  return round(2 * src.nbytes / best / 1e9, 2)
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+  """(wall s, process CPU s, result) of `fn()` blocked until ready."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def alternate(sides: dict[str, Callable[[], object]], rounds: int
+              ) -> dict[str, object]:
+  """Runs every side once per round, alternating their order, in this
+  process; one untimed warm-up round first.
+
+  Returns:
+    {"<side>_wall_s", "<side>_cpu_s": medians over rounds, "rounds": [{order,
+    load_before, load_after, <side>_wall_s, <side>_cpu_s}], "outputs": {side:
+    last result}}.
+  """
+  names = list(sides)
+  outputs = {name: jax.block_until_ready(sides[name]()) for name in names}
+  log = []
+  for r in range(rounds):
+    order = names if r % 2 == 0 else names[::-1]
+    row = {"order": ">".join(order), "load_before": load()}
+    for name in order:
+      wall, cpu, outputs[name] = _timed(sides[name])
+      row[f"{name}_wall_s"], row[f"{name}_cpu_s"] = round(wall, 3), round(cpu, 3)
+    row["load_after"] = load()
+    log.append(row)
+  out: dict[str, object] = {}
+  for name in names:
+    for kind in ("wall", "cpu"):
+      out[f"{name}_{kind}_s"] = round(statistics.median(
+          row[f"{name}_{kind}_s"] for row in log), 3)
+  out["rounds"], out["outputs"] = log, outputs
+  return out
+
+
+def ratios(timed: dict[str, object], slow: str, fast: str) -> dict[str, float]:
+  """slow / fast by wall time and by CPU time (medians of `alternate`)."""
+  return {f"{slow}_over_{fast}_wall": round(timed[f"{slow}_wall_s"]
+                                            / timed[f"{fast}_wall_s"], 2),
+          f"{slow}_over_{fast}_cpu": round(timed[f"{slow}_cpu_s"]
+                                           / timed[f"{fast}_cpu_s"], 2)}
+
+
 def report(name: str, figures: dict[str, object]) -> dict[str, object]:
-  """Prints the result as JSON and appends it to docs/benchmarks.md."""
+  """Prints the result as JSON; with --record, appends it to
+  docs/benchmarks.md."""
   row = {
       "benchmark": name,
       "date": datetime.date.today().isoformat(),
@@ -83,6 +159,10 @@ def report(name: str, figures: dict[str, object]) -> dict[str, object]:
       "figures": figures,
   }
   print(json.dumps(row, indent=2))
+  if not _RECORD.value:
+    print("(not recorded: pass --record to append this row to "
+          f"{BENCHMARKS_MD.name})")
+    return row
   if not BENCHMARKS_MD.exists():
     BENCHMARKS_MD.write_text(_HEADER)
   cells = ", ".join(f"{k}={v}" for k, v in figures.items())
@@ -135,15 +215,21 @@ def _sampler_models(directory: str):
 
 
 def bench_sampler() -> dict[str, object]:
-  """Greedy tokens/s, this sampler vs transformers generate; multi-turn cost.
+  """Greedy decode: this sampler (unrolled layers), its layer-scan path and
+  transformers generate, alternated in one process; multi-turn cost.
 
   Batch 8, prompts of 40-64 tokens (left-padded), 128 new tokens, no stop
-  token (both generate every token). Multi-turn: one episode of 8 turns in
-  one cache (64-token prompt; each later turn appends a 30-token observation);
-  32 tokens per turn; turn k's time is its prefill + decode.
+  token (every side generates every token). Each round runs every side once
+  (`alternate`). The memory bound is a large copy measured before and after;
+  `*_bound_share` is the decode floor (weights + used K/V window, read once a
+  step) times steps/s over it. Multi-turn: one episode of 8 turns in one
+  cache (64-token prompt; each later turn appends a 30-token observation), 32
+  tokens per turn; turn k's time is its prefill + decode.
   """
-  # generate takes minutes per run on 2 shared cores: a few repeats only.
-  batch, new, repeats = 8, 128, max(1, min(_REPEATS.value, 3))
+  from experiments import decode_hlo  # pylint: disable=g-import-not-at-top
+  # generate takes minutes per run on 2 shared cores: a few rounds only.
+  batch, new, rounds = 8, 128, max(1, min(_REPEATS.value, 3))
+  bound_before = memory_bound_gbps()
   with tempfile.TemporaryDirectory() as directory:
     hf, model = _sampler_models(directory)
   rng = np.random.default_rng(0)
@@ -152,30 +238,36 @@ def bench_sampler() -> dict[str, object]:
   ids = rng.integers(1, _SAMPLER_MODEL["vocab_size"], (batch, width)).astype(np.int32)
   mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
   ids *= mask
-  config = sampling.SamplingConfig(max_new_tokens=new)
 
-  def ours():
-    cache = sampling.init_cache(model, batch, width + new)
-    return sampling.sample(model, ids, mask, cache, jax.random.key(0), config).tokens
+  def ours(layers):
+    config = sampling.SamplingConfig(max_new_tokens=new, layers=layers)
+
+    def run():
+      cache = sampling.init_cache(model, batch, width + new)
+      return sampling.sample(model, ids, mask, cache, jax.random.key(0),
+                             config).tokens
+    return run
 
   def theirs():
     with torch.no_grad():
       return hf.generate(torch.tensor(ids, dtype=torch.long),
                          attention_mask=torch.tensor(mask, dtype=torch.long),
                          do_sample=False, max_new_tokens=new, min_new_tokens=new,
-                         pad_token_id=0)
+                         pad_token_id=0)[:, width:].numpy()
 
-  ours_s = median_seconds(ours, repeats)
-  # The warm-up run of generate doubles as the token-equality check.
-  same = (np.asarray(ours()) == theirs()[:, width:].numpy()).mean()
-  theirs_s = statistics.median(_seconds(theirs) for _ in range(repeats))
+  timed = alternate({"ours": ours("unrolled"), "scan": ours("scan"),
+                     "hf": theirs}, rounds)
+  outputs = timed.pop("outputs")
+  same_hf = float((np.asarray(outputs["ours"]) == outputs["hf"]).mean())
+  same_scan = float((np.asarray(outputs["ours"])
+                     == np.asarray(outputs["scan"])).mean())
 
   turns, turn_new, obs_len = 8, 32, 30
   capacity = width + turns * turn_new + (turns - 1) * obs_len
-  turn_config = sampling.SamplingConfig(max_new_tokens=turn_new)
   observation = rng.integers(1, _SAMPLER_MODEL["vocab_size"], (batch, obs_len))
 
-  def episode() -> list[float]:
+  def episode(layers) -> list[float]:
+    turn_config = sampling.SamplingConfig(max_new_tokens=turn_new, layers=layers)
     times, cache = [], sampling.init_cache(model, batch, capacity)
     tokens, tokens_mask = ids, mask
     for turn in range(turns):
@@ -187,19 +279,29 @@ def bench_sampler() -> dict[str, object]:
       tokens_mask = np.ones_like(observation)
     return times
 
-  episode()  # compiles both prefill shapes and the decode loop
-  per_turn = np.median([episode() for _ in range(repeats)], axis=0)
+  episode("unrolled")  # compiles both prefill shapes and the decode loop
+  per_turn = np.median([episode("unrolled") for _ in range(rounds)], axis=0)
+  bound = round(statistics.median([bound_before, memory_bound_gbps()]), 2)
+  floor = decode_hlo.floor_bytes(model.cfg, batch,
+                                 sampling.attention_window(width + new, width + new))
+  share = lambda side: round(floor * new / timed[f"{side}_wall_s"] / 1e9 / bound, 3)
   return {
       "model": f"qwen3 {models.count_params(model) / 1e6:.1f}M fp32",
-      "batch": batch, "new_tokens": new,
-      "ours_tokens_per_s": round(batch * new / ours_s, 1),
-      "hf_generate_tokens_per_s": round(batch * new / theirs_s, 1),
-      "speedup": round(theirs_s / ours_s, 2),
-      "greedy_tokens_equal_fraction": round(float(same), 3),
+      "batch": batch, "new_tokens": new, "rounds": rounds,
+      "ours_tokens_per_s": round(batch * new / timed["ours_wall_s"], 1),
+      "scan_tokens_per_s": round(batch * new / timed["scan_wall_s"], 1),
+      "hf_generate_tokens_per_s": round(batch * new / timed["hf_wall_s"], 1),
+      **ratios(timed, "hf", "ours"), **ratios(timed, "scan", "ours"),
+      "memory_bound_gbps": bound,
+      "ours_bound_share": share("ours"), "scan_bound_share": share("scan"),
+      "greedy_tokens_equal_hf": round(same_hf, 3),
+      "greedy_tokens_equal_scan": round(same_scan, 3),
       "turn1_ms": round(per_turn[0] * 1e3, 1),
       "turn8_ms": round(per_turn[-1] * 1e3, 1),
       "turn8_over_turn1": round(per_turn[-1] / per_turn[0], 2),
       "torch_threads": torch.get_num_threads(),
+      "loads": [(r["load_before"], r["load_after"]) for r in timed["rounds"]],
+      "timings": {k: v for k, v in timed.items() if k != "rounds"},
   }
 
 

@@ -49,7 +49,9 @@ _SCALE = flags.DEFINE_enum("scale", "gpu", ["gpu", "cpu"],
                            "gpu: the sizes above; cpu: toy sizes (smoke test).")
 _SECTIONS = flags.DEFINE_list(
     "sections", "matmul,train_small_jax,train_small_torch,decode_4b,"
-    "decode_4b_hf,train_4b", "Sections to run, in order.")
+    "decode_4b_hf,train_4b,rl_step_small,rl_step_4b,fate_round_small,"
+    "fate_round_4b",
+    "Sections to run, in order.")
 _PEAK = flags.DEFINE_float("peak_tflops", 989.0, "Nominal dense bf16 TFLOP/s.")
 _HBM = flags.DEFINE_float("hbm_tbps", 4.8, "Nominal HBM bandwidth, TB/s.")
 _DECODE = flags.DEFINE_string(
@@ -86,10 +88,13 @@ def _sizes(scale: str) -> dict:
 def default_sizes(scale: str) -> dict:
   if scale == "cpu":
     return dict(matmul=256, small=TOY, small_batch=(2, 64), big=TOY,
-                big_batch=(2, 128), big_micro=1, decode=(4, 32, 16))
+                big_batch=(2, 128), big_micro=1, decode=(4, 32, 16),
+                rl_small=TOY, rl_shape=(2, 2, 2, 8))
+  # rl_shape: tasks, group size, turns, tokens per turn.
   return dict(matmul=8192, small=QWEN3_06B, small_batch=(4, 2048),
               big=presets.QWEN3_4B_THINKING, big_batch=(4, 4096), big_micro=2,
-              decode=(64, 512, 512))
+              decode=(64, 512, 512), rl_small=presets.SMOLLM2_135M,
+              rl_shape=(16, 4, 6, 128))
 
 
 def _median(run, repeats: int) -> tuple[float, list[float]]:
@@ -261,6 +266,178 @@ def section_decode_4b_hf(sizes: dict) -> dict:
           "generate_s": round(seconds, 3),
           "tokens_per_s": round(batch * new / seconds),
           "first_and_timed_s": times}
+
+
+def _rl_model_cfg(cfg: ModelConfig, vocab: int) -> ModelConfig:
+  """`cfg`'s shape in bf16 with the tiny tokenizer's vocabulary: random
+  weights can only be decoded by a tokenizer they match. The real
+  vocabularies' (tied) embedding is left out: 21% of SmolLM2-135M's
+  parameters, 10% of Qwen3-4B's."""
+  return cfg.replace(vocab_size=vocab, param_dtype="bfloat16", dtype="bfloat16")
+
+
+def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
+             tokens_per_turn: int) -> dict:
+  """One MOSAIC RL step, phase by phase: rollout with the built-in
+  environments (answers acknowledged so every episode runs `turns` turns,
+  as `bench rollout`), the PG batch (π_old recomputed, π_ref log-probs), and
+  the PPO update; each phase timed once after a compiling warm-up step."""
+  import jax
+  import numpy as np
+
+  from experiments import rollout_bench
+  from mosaic_jax import rollout, sharding
+  from mosaic_jax.agent import tokenizer as tokenizer_lib
+  from mosaic_jax.envs import tasks
+  from mosaic_jax.models import init_model
+  from mosaic_jax.train import mosaic, state as state_lib, steps
+  import ml_collections
+  tok = tokenizer_lib.load_tiny_tokenizer()
+  cfg = _rl_model_cfg(cfg, len(tok))
+  model = init_model(cfg, seed=0)
+  reference = mosaic.copy_model(model)
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  task_list = tasks.all_tasks()[::7][:n_tasks]
+  config = rollout.RolloutConfig(
+      max_turns=turns, max_tokens_per_turn=tokens_per_turn,
+      max_total_length=turns * (tokens_per_turn + 96) + 512, group_size=group,
+      seed=0, stop_strings=("e",))
+  state = state_lib.create_train_state(model, state_lib.OptimizerConfig(),
+                                       mesh=mesh)
+  pg = steps.PGConfig(kl_beta=0.04, group_size=group)
+  pg_step = steps.make_pg_step(pg)
+  rl = ml_collections.ConfigDict({"kl_beta": 0.04})
+  rng = np.random.default_rng(0)
+
+  def one_step(state):
+    times = {}
+    start = time.perf_counter()
+    policy = rollout.ModelPolicy(state.merge(state.params), tok)
+    out = rollout.rollout(policy, task_list, tok, config,
+                          make_env=rollout_bench._keep_going, mesh=mesh)
+    times["rollout_s"] = time.perf_counter() - start
+    advantages = rng.normal(size=(len(task_list), group)).astype(np.float32)
+    start = time.perf_counter()
+    batch, _ = mosaic.rl_batch(state, reference, out, advantages, pg, rl, mesh)
+    jax.block_until_ready(batch)
+    times["logprobs_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    state, metrics = pg_step(state, batch)
+    jax.block_until_ready(metrics)
+    times["update_s"] = time.perf_counter() - start
+    return state, out.stats, times
+
+  state, _, _ = one_step(state)  # compiles every phase
+  state, stats, times = one_step(state)
+  total = sum(times.values())
+  episodes = stats["episodes"]
+  return {
+      "model": f"{cfg.family} {cfg.num_params() / 1e6:.1f}M bf16 (vocab {cfg.vocab_size})",
+      "episodes": episodes, "mean_turns": round(stats["turns"] / episodes, 2),
+      "generated_tokens": stats["generated_tokens"],
+      "step_s": round(total, 3),
+      "episodes_per_s": round(episodes / total, 3),
+      "generated_tokens_per_s": round(stats["generated_tokens"] / total, 1),
+      **{k.replace("_s", "_share"): round(v / total, 3) for k, v in times.items()},
+      **{k: round(v, 3) for k, v in times.items()},
+      # Host time inside the rollout is device idle time (the sampler waits
+      # for the environments' steps).
+      "rollout_device_idle_share": round(stats["host_s"] / stats["wall_s"], 3),
+  }
+
+
+def _fate_round(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
+                tokens_per_turn: int) -> dict:
+  """One FATE round, phase by phase: mining + K repairs each + scoring
+  (`fate.run_round`, real environments), one SFT step on the replay buffer
+  (skipped when no repair was kept: a random model rarely beats its own
+  failure), and one PFPO step (a rollout, `fate.pg_batch`, the update);
+  timed after a compiling warm-up round."""
+  import jax
+  import numpy as np
+
+  from mosaic_jax import fate as fate_lib
+  from mosaic_jax import rollout, sharding
+  from mosaic_jax.agent import tokenizer as tokenizer_lib
+  from mosaic_jax.envs import tasks
+  from mosaic_jax.models import init_model
+  from mosaic_jax.train import state as state_lib, steps
+  tok = tokenizer_lib.load_tiny_tokenizer()
+  cfg = _rl_model_cfg(cfg, len(tok))
+  model = init_model(cfg, seed=0)
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  task_list = tasks.all_tasks()[::7][:n_tasks]
+  config = rollout.RolloutConfig(
+      max_turns=turns, max_tokens_per_turn=tokens_per_turn,
+      max_total_length=turns * (tokens_per_turn + 96) + 512, group_size=group,
+      seed=0, stop_strings=("e",))
+  fcfg = fate_lib.FateConfig(num_candidates=2,
+                             prompt_extra_tokens=turns * tokens_per_turn)
+  state = state_lib.create_train_state(model, state_lib.OptimizerConfig(),
+                                       mesh=mesh)
+  sft_step = steps.make_sft_step(steps.SFTConfig())
+  pg_step = steps.make_pg_step(steps.PGConfig(group_size=group))
+  buffer = fate_lib.ReplayBuffer(64)
+
+  def one_round(state, index):
+    times, stats = {}, {}
+    start = time.perf_counter()
+    policy = rollout.ModelPolicy(state.merge(state.params), tok)
+    result = fate_lib.run_round(policy, task_list, tok, config, fcfg, buffer,
+                                round_index=index)
+    times["mine_and_repair_s"] = time.perf_counter() - start
+    stats.update(result.stats)
+    if len(buffer):
+      start = time.perf_counter()
+      batch, _ = fate_lib.sft_batch(list(buffer.entries), tok, "task",
+                                    rows=8, length=config.max_total_length)
+      state, metrics = sft_step(state, sharding.shard_batch(batch, mesh))
+      jax.block_until_ready(metrics)
+      times["sft_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    out = rollout.rollout(rollout.ModelPolicy(state.merge(state.params), tok),
+                          task_list, tok, config, mesh=mesh)
+    batch, _ = fate_lib.pg_batch(out, fcfg)
+    state, metrics = pg_step(state, sharding.shard_batch(batch, mesh))
+    jax.block_until_ready(metrics)
+    times["pfpo_s"] = time.perf_counter() - start
+    stats["pfpo_device_idle_share"] = round(
+        out.stats["host_s"] / out.stats["wall_s"], 3)
+    return state, stats, times
+
+  state, _, _ = one_round(state, 0)  # compiles every phase
+  state, stats, times = one_round(state, 1)
+  total = sum(times.values())
+  return {
+      "model": f"{cfg.family} {cfg.num_params() / 1e6:.1f}M bf16 (vocab {cfg.vocab_size})",
+      "round_s": round(total, 3),
+      "episodes": stats["episodes"], "failures": stats["failures"],
+      "candidates": stats.get("candidates", 0), "kept": stats.get("kept", 0),
+      "sft_step": "sft_s" in times,
+      **{k.replace("_s", "_share"): round(v / total, 3) for k, v in times.items()},
+      **{k: round(v, 3) for k, v in times.items()},
+      "pfpo_device_idle_share": stats["pfpo_device_idle_share"],
+  }
+
+
+def section_fate_round_small(sizes: dict) -> dict:
+  """A FATE round on a SmolLM2-135M-shaped model."""
+  return _fate_round(sizes["rl_small"], *sizes["rl_shape"])
+
+
+def section_fate_round_4b(sizes: dict) -> dict:
+  """A FATE round on a Qwen3-4B-shaped model."""
+  return _fate_round(sizes["big"], *sizes["rl_shape"])
+
+
+def section_rl_step_small(sizes: dict) -> dict:
+  """A MOSAIC RL step on a SmolLM2-135M-shaped model."""
+  return _rl_step(sizes["rl_small"], *sizes["rl_shape"])
+
+
+def section_rl_step_4b(sizes: dict) -> dict:
+  """A MOSAIC RL step on a Qwen3-4B-shaped model."""
+  return _rl_step(sizes["big"], *sizes["rl_shape"])
 
 
 def run_section(name: str, scale: str) -> None:

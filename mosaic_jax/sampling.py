@@ -99,6 +99,10 @@ class TopP:
     return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+# How a decode step runs the layers (`SamplingConfig.layers`).
+DECODE_LAYERS = ("unrolled", "scan")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """Static settings of one decode call (hashable: part of the jit key).
@@ -107,10 +111,22 @@ class SamplingConfig:
     max_new_tokens: tokens generated per row at most (the output width).
     strategy: Greedy(), Temperature(t), TopK(k, t) or TopP(p, t).
     pad_id: token written after a row stops (and for inactive rows).
+    layers: how a decode step runs the L blocks. 'unrolled' (default): a
+      Python loop over per-layer weights sliced once per call, outside the
+      loop, so a step reads each weight and the used cache window once
+      (docs/benchmarks.md). 'scan': the stacked-weight `lax.scan` of
+      training, which copies every weight per layer per token but compiles
+      in time independent of depth. Same tokens either way.
   """
   max_new_tokens: int
   strategy: Strategy = Greedy()
   pad_id: int = 0
+  layers: str = "unrolled"
+
+  def __post_init__(self):
+    if self.layers not in DECODE_LAYERS:
+      raise ValueError(f"SamplingConfig.layers {self.layers!r}: use one of "
+                       f"{DECODE_LAYERS}")
 
 
 # ------------------------------------------------------------ stop criteria --
@@ -369,6 +385,12 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
     active = jnp.repeat(active, group_size, axis=0)
   b, n = logits.shape[0], config.max_new_tokens
   rows = jnp.arange(b)
+  # Sliced here, once per call: inside the loop the per-layer weights and
+  # kv-head-major windows are buffers that every step reads in place.
+  full_cache, layers = cache, None
+  if config.layers == "unrolled":
+    layers = model.blocks.per_layer()
+    cache = cache.windowed(window)
 
   def cond(c: _Loop):
     return (c.step < n) & ~jnp.all(c.done)
@@ -383,8 +405,8 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
     # The sampled token (a stop token included) joins the cache so the next
     # turn continues after it; rows already done write an invalid slot.
     hidden, cache = model(token[:, None], mask=live[:, None], cache=c.cache,
-                          cache_window=window,
-                          return_hidden=True)
+                          cache_window=None if layers is not None else window,
+                          return_hidden=True, layer_params=layers)
     logits = jnp.einsum("bd,dv->bv", hidden[:, 0], model.unembedding())
     return _Loop(
         step=c.step + 1, logits=logits.astype(jnp.float32), cache=cache,
@@ -400,8 +422,10 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
                stopped=jnp.zeros((b,), bool), lengths=jnp.zeros((b,), jnp.int32),
                string_state=stops.initial_state(b))
   out = jax.lax.while_loop(cond, body, init)
+  cache = (full_cache.merge_window(out.cache) if layers is not None
+           else out.cache)
   return SampleOutput(tokens=out.tokens, logprobs=out.logprobs, lengths=out.lengths,
-                      stopped=out.stopped, cache=out.cache)
+                      stopped=out.stopped, cache=cache)
 
 
 _STATIC = ("graphdef", "config", "group_size", "window")

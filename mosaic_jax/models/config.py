@@ -28,6 +28,10 @@ MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Attention of training and prefill: this repo's block-causal einsums
+# ("reference", the CPU default) or jax.nn.dot_product_attention with its XLA
+# or cuDNN (flash) implementation.
+ATTENTION_IMPLS = ("reference", "xla", "cudnn")
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -167,6 +171,11 @@ class ModelConfig:
     dtype: compute dtype of matmuls and activations.
     remat: rematerialisation of each scanned block: 'none', 'full', 'dots'
       (save matmul outputs) or 'dots_no_batch'.
+    attention: attention of training and multi-token prefill: 'reference'
+      (block-causal einsums, the CPU default), 'xla' or 'cudnn'
+      (`jax.nn.dot_product_attention` with that implementation; cudnn needs
+      a GPU and bf16/fp16). Single-token decode steps read the cache in place
+      whatever this says.
   """
   family: str
   vocab_size: int
@@ -187,6 +196,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: str = "none"
+  attention: str = "reference"
 
   def __post_init__(self):
     if self.family not in FAMILY_TO_ARCHITECTURE:
@@ -208,6 +218,9 @@ class ModelConfig:
       raise ValueError(f"mlp_bias is a llama field; {self.family} has none")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat {self.remat!r}: use one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(
+          f"attention {self.attention!r}: use one of {ATTENTION_IMPLS}")
     # Normalise dtypes to names so configs stay hashable and serialisable.
     object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
     object.__setattr__(self, "dtype", dtype_name(self.dtype))

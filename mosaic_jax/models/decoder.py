@@ -10,6 +10,16 @@ All L blocks live in one `Blocks` module whose parameters are stacked on a
 leading layer axis and run with `lax.scan`, so compile time does not grow with
 depth. Every parameter carries `logical_axes` metadata that
 `mosaic_jax.sharding` maps to mesh axes.
+
+Decode steps are the exception: a scan inside the sampler's `while_loop`
+dynamic-slices every stacked weight into a fresh buffer per layer per token
+(XLA:CPU materialises each slice before its matmul), so a step moved each
+weight three times. The sampler instead takes the per-layer slices once per
+call (`Blocks.per_layer`), with each layer's K/V window as its own
+kv-head-major buffer (`KVCache.windowed`), and passes them as
+`layer_params`: the layers run as a Python loop over loop-invariant buffers
+that every step reads in place (docs/benchmarks.md, "Decode: where the
+step's time goes").
 """
 from __future__ import annotations
 
@@ -112,7 +122,8 @@ class KVCache:
   positions per row whatever the padding.
 
   Attributes:
-    k, v: [L, B, S, K, H] keys / values in the compute dtype.
+    k, v: [L, B, S, K, H] keys / values in the compute dtype (a windowed
+      cache, inside a decode loop: tuples of L [B, K, W, H]; `windowed`).
     valid: [B, S] bool, slot holds a real token.
     index: [] int32, next slot to write.
     pos: [B] int32, position of each row's next real token.
@@ -132,7 +143,31 @@ class KVCache:
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    """Slots per row (a windowed cache: its window)."""
+    return self.k[0].shape[2] if isinstance(self.k, tuple) else self.k.shape[2]
+
+  def windowed(self, window: int) -> "KVCache":
+    """The first `window` slots as one kv-head-major array per layer.
+
+    For a decode loop: k, v become tuples of L [B, K, W, H] arrays (a copy,
+    once per call) that the loop updates in place and attention reads as
+    they lie; `merge_window` writes them back. valid is cut to the window.
+    """
+    cut = lambda x: tuple(x[i, :, :window].transpose(0, 2, 1, 3)
+                          for i in range(x.shape[0]))
+    return KVCache(k=cut(self.k), v=cut(self.v), valid=self.valid[:, :window],
+                   index=self.index, pos=self.pos)
+
+  def merge_window(self, windowed: "KVCache") -> "KVCache":
+    """This cache with `windowed`'s slots, validity, index and pos written
+    back (the inverse of `windowed` after a decode loop)."""
+    put = lambda full, parts: jax.lax.dynamic_update_slice(
+        full, jnp.stack(parts).transpose(0, 1, 3, 2, 4).astype(full.dtype),
+        (0, 0, 0, 0, 0))
+    return KVCache(k=put(self.k, windowed.k), v=put(self.v, windowed.v),
+                   valid=jax.lax.dynamic_update_slice(self.valid, windowed.valid,
+                                                      (0, 0)),
+                   index=windowed.index, pos=windowed.pos)
 
 
 class Blocks(nnx.Module):
@@ -171,6 +206,18 @@ class Blocks(nnx.Module):
     return {name: value[...] for name, value in vars(self).items()
             if isinstance(value, nnx.Param)}
 
+  def per_layer(self) -> list[dict[str, jax.Array]]:
+    """One name -> [*shape] dict per layer (the stacked arrays' static
+    slices), LoRA factors included.
+
+    Take it once outside a decode loop and pass it to `Decoder(...,
+    layer_params=...)`: the slices are then loop-invariant buffers, read in
+    place by every step, instead of per-token copies.
+    """
+    stacked = self.stacked()
+    return [{name: value[i] for name, value in stacked.items()}
+            for i in range(next(iter(stacked.values())).shape[0])]
+
 
 def _attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
   """Causal grouped-query attention over key slots.
@@ -186,6 +233,8 @@ def _attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
     [B, T, N, H] in the compute dtype.
   """
   b, t, n, hd = q.shape
+  if cfg.attention != "reference":
+    return _fused_attention(cfg, q, k, v, q_slot, k_valid)
   groups = n // cfg.num_kv_heads
   # Query head i uses kv head i // groups: grouping the heads as [K, G] does so.
   q = q.reshape(b, t, cfg.num_kv_heads, groups, hd)
@@ -207,6 +256,64 @@ def _attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
   out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
   return out.reshape(b, t, n, hd)
+
+
+def _visible(q_slot, k_valid, keys: int):
+  """[B, T, S] bool: key slot s is at or before query t's slot and real."""
+  return ((jnp.arange(keys)[None, :] <= q_slot[:, None])[None]
+          & k_valid[:, None, :keys])
+
+
+def _fused_attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
+  """`_attention` through `jax.nn.dot_product_attention` (cfg.attention is
+  its implementation, 'xla' or 'cudnn').
+
+  The mask is the reference's: causal (by position without a cache, by slot
+  with one) and key padding. Only rows of real queries agree with the
+  reference: a pad query sees no key, and the implementations spread such a
+  row differently (nothing reads it: its loss weight is zero and the cache
+  marks its slot invalid).
+  """
+  impl = cfg.attention
+  if q_slot is None:
+    # Causal by position, plus the key padding as a [B, 1, 1, S] mask.
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=k_valid[:, None, None, :], is_causal=True,
+        implementation=impl)
+  visible = _visible(q_slot, k_valid, k.shape[1])
+  return jax.nn.dot_product_attention(q, k, v, mask=visible[:, None],
+                                      implementation=impl)
+
+
+def _window_attention(cfg: ModelConfig, q, k, v, q_slot, k_valid):
+  """`_attention` for a few queries against one layer's kv-head-major window.
+
+  Args:
+    q: [B, T, N, H] queries; k, v: [B, K, W, H] the layer's window
+      (`KVCache.windowed`), whose [B, K] lead so both einsums are plain
+      batched matmuls over contiguous operands: XLA:CPU reads the window where
+      it lies instead of copying (and transposing) it first.
+    q_slot: [T] slot of each query; k_valid: [B, W].
+
+  Returns:
+    [B, T, N, H] in the compute dtype.
+  """
+  b, t, n, hd = q.shape
+  kh = cfg.num_kv_heads
+  groups = n // kh
+  # Rows t·G + g of kv head k, as in `_attention`'s block path.
+  qr = q.reshape(b, t, kh, groups, hd).transpose(0, 2, 1, 3, 4).reshape(
+      b, kh, t * groups, hd)
+  scores = jnp.einsum("bkrh,bksh->bkrs", qr, k,
+                      preferred_element_type=jnp.float32) * hd ** -0.5
+  slot = jnp.repeat(q_slot, groups)
+  visible = ((jnp.arange(k.shape[2])[None, :] <= slot[:, None])[None, None]
+             & k_valid[:, None, None, :])
+  scores = jnp.where(visible, scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  out = jnp.einsum("bkrs,bksh->bkrh", probs, v)
+  return out.reshape(b, kh, t, groups, hd).transpose(0, 2, 1, 3, 4).reshape(
+      b, t, n, hd)
 
 
 # Positions per query block of `_causal_attention`. Block i attends to keys
@@ -330,8 +437,15 @@ def _project(p: dict[str, jax.Array], name: str, equation: str, x: jax.Array,
                               lora_scale)
 
 
+def _merged_lora(p: dict[str, jax.Array], name: str, rows: int) -> dict:
+  """The LoRA A factor of `name` with its input axes merged into `rows`
+  (empty when `p` has no adapter for it)."""
+  a, _ = lora_lib.factor_names(name)
+  return {a: p[a].reshape(rows, -1)} if a in p else {}
+
+
 def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
-           kv_write, lora_scale: float | None = None):
+           kv_write, lora_scale: float | None = None, attend=None):
   """One pre-norm decoder block: x += attn(norm(x)); x += mlp(norm(x)).
 
   Args:
@@ -342,6 +456,8 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
     kv_write: function (k_new, v_new) -> (k_all, v_all, k_valid) that merges
       this step's keys/values with the cache (or returns them alone).
     lora_scale: alpha / rank when `p` holds LoRA factors (`models.lora`).
+    attend: attention function (q, k, v, q_slot, k_valid) -> [B, T, N, H]
+      (default `_attention` for this cfg).
 
   Returns:
     (new x, (k_all, v_all)) -- the layer's full keys/values for the cache.
@@ -363,8 +479,15 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x, cos, sin, q_slot,
   k = sharding.constrain(rope_lib.apply_rope(k, cos, sin), kv_names)
   v = sharding.constrain(v, kv_names)
   k_all, v_all, k_valid = kv_write(k, v)
-  attn = _attention(cfg, q, k_all, v_all, q_slot, k_valid)
-  out = _project(p, "wo_lnhd", "mnh,nhd->md", attn, lora_scale)
+  attend = attend or functools.partial(_attention, cfg)
+  attn = attend(q, k_all, v_all, q_slot, k_valid)
+  # Heads and head_dim merged into one contracted axis: contracting (n, h)
+  # as two axes made XLA:CPU contract them as (h, n), transposing wo (a
+  # weight-sized copy per layer, every decode step) and the activation.
+  b, t, n, hd = attn.shape
+  out = _project({**p, "wo_lnhd": p["wo_lnhd"].reshape(n * hd, -1),
+                  **_merged_lora(p, "wo_lnhd", n * hd)},
+                 "wo_lnhd", "mi,id->md", attn.reshape(b, t, n * hd), lora_scale)
   if cfg.o_bias:
     out = out + w("bo_ld")
   x = sharding.constrain(x + out, ("batch", "length", "embed"))
@@ -405,7 +528,8 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens: jax.Array, *, mask: jax.Array | None = None,
                positions: jax.Array | None = None, cache: KVCache | None = None,
-               cache_window: int | None = None, return_hidden: bool = False) -> Any:
+               cache_window: int | None = None, return_hidden: bool = False,
+               layer_params: list[dict[str, jax.Array]] | None = None) -> Any:
     """Runs the decoder.
 
     Args:
@@ -421,6 +545,12 @@ class Decoder(nnx.Module):
         bucketed window so a step costs O(used slots), not O(capacity).
       return_hidden: return final-norm hidden states [B, T, D] instead of
         logits (for the fused log-prob path that never builds [B, T, V]).
+      layer_params: `self.blocks.per_layer()` taken outside a decode loop,
+        with `cache` a windowed cache (`KVCache.windowed`). The layers then
+        run as a Python loop over these buffers and attend to their own
+        kv-head-major windows: no per-layer copy of a weight or of the window
+        inside the loop. Same tokens as the scan; for decode steps, not for
+        training (the loop unrolls L layers into the compiled program).
 
     Returns:
       logits [B, T, V] (or hidden [B, T, D]); with a cache, (that, new cache).
@@ -471,10 +601,17 @@ class Decoder(nnx.Module):
       x = _block(cfg, p, x, cos, sin, q_slot, write, lora_scale)[0]
       return (x, written["k"], written["v"]), None
 
-    if cfg.remat != "none":
-      body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
-    carry, _ = jax.lax.scan(body, carry, xs)
-    x, new_kv = (carry, None) if cache is None else (carry[0], carry[1:])
+    if layer_params is not None:
+      if cache is None:
+        raise ValueError("Decoder: layer_params are for decode steps and "
+                         "need a cache")
+      x, new_kv = _unrolled_layers(cfg, layer_params, x, cos, sin, q_slot,
+                                   cache, k_valid, lora_scale)
+    else:
+      if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
+      carry, _ = jax.lax.scan(body, carry, xs)
+      x, new_kv = (carry, None) if cache is None else (carry[0], carry[1:])
     x = sharding.constrain(rms_norm(x, self.final_norm_d[...], cfg.norm_eps),
                            ("batch", "length", "embed"))
     out = x if return_hidden else sharding.constrain(
@@ -484,6 +621,32 @@ class Decoder(nnx.Module):
     new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=k_valid,
                         index=cache.index + t, pos=cache.pos + mask.sum(1, dtype=jnp.int32))
     return out, new_cache
+
+
+def _unrolled_layers(cfg: ModelConfig, layer_params, x, cos, sin, q_slot,
+                     cache: KVCache, k_valid, lora_scale: float | None):
+  """The blocks as a Python loop over per-layer parameters and windows.
+
+  Args:
+    cache: a windowed cache (`KVCache.windowed`): k, v are tuples of L
+      [B, K, W, H] arrays. Each layer writes its T new keys/values into its
+      own window in place and attends to the whole window.
+
+  Returns:
+    (x [B, T, D], (k, v) the updated tuples).
+  """
+  ks, vs = list(cache.k), list(cache.v)
+  attend = functools.partial(_window_attention, cfg)
+  for i, p in enumerate(layer_params):
+    def write(k, v, i=i):
+      at = (0, 0, cache.index, 0)
+      put = lambda buf, new: jax.lax.dynamic_update_slice(
+          buf, new.transpose(0, 2, 1, 3).astype(buf.dtype), at)
+      ks[i], vs[i] = put(ks[i], k), put(vs[i], v)
+      return ks[i], vs[i], k_valid
+
+    x = _block(cfg, p, x, cos, sin, q_slot, write, lora_scale, attend)[0]
+  return x, (tuple(ks), tuple(vs))
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
