@@ -195,3 +195,19 @@ def test_a_preference_cycle_gives_rewards_no_ranking_gives():
   assert len({tuple(_rank_rewards(lv)) for lv in orders}) == 13
   for levels in orders:
     assert not np.allclose(_rank_rewards(levels), r, atol=1e-3), levels
+
+
+def test_mosaic_builds_the_judge_from_its_checkpoint():
+  # judge.kind=llm with model_path: the committed tiny base and the tokenizer
+  # beside it judge, not the reference policy (None here, never read).
+  from mosaic_jax.methods import mosaic  # pylint: disable=import-outside-toplevel
+  c = base.base_config("tiny")
+  c.judge.update(kind="llm", model_path=str(presets.TINY_BASE_DIR),
+                 transcript_tokens=32, bucket=128, pair_batch=4)
+  j = mosaic.make_judge(c, None, None)
+  assert isinstance(j, judge.LLMJudge) and j.pair_batch == 4
+  p = j(TASK, None, TRANSCRIPTS[:2])
+  np.testing.assert_array_equal(p + p.T, np.ones((2, 2), np.float32))
+  assert j.forwards == 1
+  c.judge.kind = "hybrid"
+  assert isinstance(mosaic.make_judge(c, None, None), judge.HybridJudge)
