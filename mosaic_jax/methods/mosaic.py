@@ -5,7 +5,8 @@
 1. `train.run.warm_start`: set-up, SFT warm-up, reference policy, `before`;
 2. `rl.steps` RL steps (`rl_phase`): `rl.tasks_per_step` train tasks
    (grain, seeded) -> `rl.group_size` episodes each (`rollout`) -> judge
-   (the `judge` section, `make_judge`) -> rewards (`rewards.reward_components`) -> group
+   (the `judge` section, `make_judge`) -> rewards
+   (`rewards.reward_components`) -> group
    advantages (`rewards.task_advantages`) -> one PPO-clip step with KL to
    the frozen SFT policy (`train.pg.pg_update`);
 3. evaluation on `eval.split` only (validation: where settings are chosen)
@@ -74,7 +75,8 @@ def make_judge(config: ml_collections.ConfigDict,
     return judge_lib.make_judge(cfg.kind)
   model = reference
   if cfg.model_path:
-    from mosaic_jax.eval import harness  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from mosaic_jax.eval import harness
     model = harness.load_model(cfg.model_path)
     tokenizer = harness.load_tokenizer(cfg.model_path)
   return judge_lib.make_judge(cfg.kind, model=model, tokenizer=tokenizer,
