@@ -72,7 +72,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       # names and ids and has to learn to copy them (used to build the tiny
       # base; real checkpoints can already copy).
       fresh_entities=False))
-  # MOSAIC RL (judge.make_judge, losses, train.steps.PGConfig). reward:
+  # MOSAIC RL (the judge section below, losses, train.steps.PGConfig). reward:
   # "pairwise" (judge wins + format bonus − length penalty) or "scalar"
   # (losses.scalar_rewards with scalar_weights over z, the paper's ablation).
   # Each step: epochs x minibatches PPO-clip updates on tasks_per_step *
@@ -80,7 +80,10 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   # (docs/training.md, docs/losses.md). losses.OBJECTIVE_PRESETS holds
   # GRPO, Dr. GRPO, DAPO, GSPO and RLOO as settings of this section.
   c.rl = ml_collections.ConfigDict(dict(
-      steps=200, group_size=4, tasks_per_step=4, judge="verifier",
+      # Deprecated alias of judge.kind, read only when set ("verifier" is
+      # mapped to "verifier_rank"; configs and run_config.json files from
+      # before the judge section keep working).
+      steps=200, group_size=4, tasks_per_step=4, judge="",
       reward="pairwise",
       scalar_weights=(1.0, 1.0, 1.0, 1.0),
       advantage="grpo", adv_ddof=0, adv_eps=1e-6,
@@ -106,6 +109,23 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       # [every turn parses, the episode ends on an answer or refusal]: 0..2.
       format_think_bonus=1.0, format_valid_bonus=1.0,
       microbatch=4, chunk_size=128, donate=True))
+  # MOSAIC's pairwise judge (mosaic_jax.judge.JudgeConfig, docs/training.md
+  # "Judges"). kind: verifier_rank (a rank by DESIGN.md's lexicographic
+  # order over verifier verdicts) | llm (a model answers A or B for each
+  # pair, both orders averaged) | hybrid (verifier_rank where it decides,
+  # the LLM on its ties). model_path: HF dir, orbax model dir or training
+  # checkpoint of any supported family (tokenizer beside it); empty: the
+  # frozen reference policy. prompt: a template file ([system] / [user]
+  # sections, fields {task} {a} {b}); empty: mosaic_jax/assets/
+  # judge_prompt.txt. response_prefix follows "</think>\n\n" when the chat
+  # template's generation prompt opens <think>. Transcripts keep their last
+  # transcript_tokens tokens; prompts pad to multiples of bucket, at most
+  # pair_batch rows per jitted forward; |P - 1/2| <= tie_band is a tie;
+  # cache_size ordered pairs are remembered by the hash of their text.
+  c.judge = ml_collections.ConfigDict(dict(
+      kind="verifier_rank", model_path="", prompt="", answers=(" A", " B"),
+      response_prefix="Answer:", transcript_tokens=1024, bucket=256,
+      pair_batch=64, tie_band=0.0, cache_size=65536))
   # Rollouts (mosaic_jax.rollout.RolloutConfig.from_config): limits end an
   # episode as invalid; turn t samples with fold_in(key(seed), process, t).
   # The group size is rl.group_size; each RL step draws its seed from the

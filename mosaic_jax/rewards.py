@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mosaic_jax import losses, pareto
+from mosaic_jax import judge as judge_lib, losses, pareto
 from mosaic_jax.agent.actions import InvalidAction
 from mosaic_jax.rollout import EpisodeInfo, Rollout
 
@@ -64,12 +64,13 @@ def generated_lengths(out: Rollout) -> np.ndarray:
 
 def pairwise_comparison(infos: list[EpisodeInfo], g: int, judge: Any,
                         rl: ml_collections.ConfigDict) -> jax.Array:
-  """`Σ_{j≠i} P(i,j)` `[B, G]`, P from the judge over each group's episodes
-  (judge-readable text: `episode_transcript`)."""
+  """`Σ_{j≠i} P(i,j)` `[B, G]`, P from the judge over each group's episodes,
+  all groups of the step in one `judge.judge_groups` call (judge-readable
+  text: `episode_transcript`)."""
   del rl
-  prefs = np.stack([
-      judge(infos[b].record.task, [e.record for e in infos[b:b + g]],
-            [episode_transcript(e) for e in infos[b:b + g]])
+  prefs = judge_lib.judge_groups(judge, [
+      (infos[b].record.task, [e.record for e in infos[b:b + g]],
+       [episode_transcript(e) for e in infos[b:b + g]])
       for b in range(0, len(infos), g)])
   return losses.pairwise_win_rewards(jnp.asarray(prefs))
 

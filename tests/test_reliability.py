@@ -148,7 +148,8 @@ def test_values_that_cannot_run_name_the_field():
   text = "\n".join(problems)
   assert len(problems) == 7, text
   assert "mesh: 8 devices cannot be split by config.mesh.data=3" in text
-  assert "rl.judge: 'oracle' is not one of 'llm', 'verifier'" in text
+  assert ("rl.judge: 'oracle' is not one of 'hybrid', 'llm', "
+          "'verifier_rank'") in text
   assert "sft.microbatch=3 does not divide sft.batch per process=8" in text
   assert "rl.group_size=1" in text and "set it >= 2" in text
   assert "sft.mix.experts: 'experts' is not one of" in text

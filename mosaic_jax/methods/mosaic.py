@@ -5,7 +5,8 @@
 1. `train.run.warm_start`: set-up, SFT warm-up, reference policy, `before`;
 2. `rl.steps` RL steps (`rl_phase`): `rl.tasks_per_step` train tasks
    (grain, seeded) -> `rl.group_size` episodes each (`rollout`) -> judge
-   (`rl.judge`) -> rewards (`rewards.reward_components`) -> group
+   (the `judge` section, `make_judge`) -> rewards
+   (`rewards.reward_components`) -> group
    advantages (`rewards.task_advantages`) -> one PPO-clip step with KL to
    the frozen SFT policy (`train.pg.pg_update`);
 3. evaluation on `eval.split` only (validation: where settings are chosen)
@@ -65,10 +66,21 @@ def rl_batch(out: Rollout, advantages: np.ndarray, mesh: jax.sharding.Mesh
 
 def make_judge(config: ml_collections.ConfigDict,
                reference: decoder.Decoder, tokenizer: Any) -> Any:
-  """`rl.judge`: "llm" (the reference policy judges) or a built-in one."""
-  if config.rl.judge == "llm":
-    return judge_lib.make_judge("llm", model=reference, tokenizer=tokenizer)
-  return judge_lib.make_judge(config.rl.judge)
+  """The judge of the `judge` section (`judge.JudgeConfig`, with the
+  deprecated `rl.judge` mapped): "verifier_rank", or "llm"/"hybrid" with the
+  model at `judge.model_path` and its own tokenizer, else the frozen
+  reference policy with the policy's tokenizer."""
+  cfg = judge_lib.JudgeConfig.from_config(config)
+  if cfg.kind == "verifier_rank":
+    return judge_lib.make_judge(cfg.kind)
+  model = reference
+  if cfg.model_path:
+    # pylint: disable-next=import-outside-toplevel
+    from mosaic_jax.eval import harness
+    model = harness.load_model(cfg.model_path)
+    tokenizer = harness.load_tokenizer(cfg.model_path)
+  return judge_lib.make_judge(cfg.kind, model=model, tokenizer=tokenizer,
+                              **cfg.llm_kwargs())
 
 
 def rl_phase(r: run_lib.Run, state: state_lib.TrainState,

@@ -325,7 +325,10 @@ def value_problems(config: ml_collections.ConfigDict,
       and ro.max_tokens_per_turn > ro.max_total_length):
     p.append("rollout.max_tokens_per_turn exceeds rollout.max_total_length; "
              "lower it or raise max_total_length")
-  _choice(p, "rl.judge", rl.judge, judge_lib.JUDGES)
+  try:
+    judge_lib.JudgeConfig.from_config(config)
+  except (ValueError, TypeError) as e:
+    p.append(str(e))
   _choice(p, "rl.reward", rl.reward, REWARDS)
   _choice(p, "rl.advantage", rl.advantage, losses.ADVANTAGE_ESTIMATORS)
   _choice(p, "rl.kl_estimator", rl.kl_estimator, losses.KL_ESTIMATORS)
