@@ -57,9 +57,11 @@ _HBM = flags.DEFINE_float("hbm_tbps", 4.8, "Nominal HBM bandwidth, TB/s.")
 _DECODE = flags.DEFINE_string(
     "decode", "", "Override the decode sections' batch,prompt,new_tokens.")
 _TIMEOUT = flags.DEFINE_integer("section_timeout", 240, "Seconds per section.")
+# Not `--record` (experiments.bench's yes/no flag): this one takes a file.
 _RECORD = flags.DEFINE_string(
-    "record", "", "Append the results in this JSON file (written by --out on "
-    "the accelerator's machine) as a row of docs/benchmarks.md, then exit.")
+    "record_json", "", "Append the results in this JSON file (written by "
+    "--out on the accelerator's machine) as a row of docs/benchmarks.md, "
+    "then exit.")
 
 BENCHMARKS_MD = pathlib.Path(__file__).resolve().parent.parent / "docs" / (
     "benchmarks.md")
