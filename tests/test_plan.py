@@ -24,12 +24,12 @@ def plan():
   if jax.device_count() < 8:
     pytest.skip("needs 8 simulated devices (tests/conftest.py)")
   return plan_lib.make_plan(_small_config(), MESH, "v5e",
-                            only=("sft", "pg", "decode"), name="tiny",
+                            only=("sft", "decode"), name="tiny",
                             log=lambda _: None)
 
 
 def test_numbers_are_positive_and_fit_a_real_chip(plan):
-  assert [s.name for s in plan.steps] == ["sft", "pg", "decode"]
+  assert [s.name for s in plan.steps] == ["sft", "decode"]
   for s in plan.steps:
     assert s.args > 0 and s.outputs > 0 and s.temps > 0, s
     assert s.total >= s.args, s
@@ -55,8 +55,7 @@ def test_absurdly_small_chip_names_the_field(plan):
   text = plan_lib.format_plan(small)
   assert not small.fits()
   assert "DOES NOT FIT: sft" in text and "sft.microbatch" in text
-  assert "DOES NOT FIT: pg" in text and "rl.microbatch" in text
-  assert "rl.tasks_per_step" in text
+  assert "DOES NOT FIT: decode" in text and "rl.tasks_per_step" in text
 
 
 def test_mesh_flag_parses():
