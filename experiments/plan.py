@@ -418,8 +418,11 @@ def make_plan(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int],
         slope = (mem.total - half.total) / (rows * (length - length2))
         mem = dataclasses.replace(mem, slope=slope,
                                   compile_s=mem.compile_s + half.compile_s)
-      log(f"  compiled {step_name} in {mem.compile_s:.1f} s")
       steps.append(mem)
+      # Each row as soon as it is known: a long plan still reports the
+      # steps it got through.
+      log(f"  compiled {step_name} in {mem.compile_s:.1f} s: "
+          + format_row(mem, hbm if hbm is not None else CHIP_HBM[chip]))
   params = jax.tree.leaves(state.params)
   return Plan(config_name=name, mesh=dict(mesh.shape), chip=chip,
               hbm=hbm if hbm is not None else CHIP_HBM[chip],
@@ -447,6 +450,17 @@ def _gib(n: float) -> str:
   return f"{n / GIB:.2f}"
 
 
+def format_row(s: StepMemory, hbm: int) -> str:
+  """One step's row of the plan table (GiB per device)."""
+  longest, most = s.max_length(hbm), s.max_rows(hbm)
+  return (f"{s.name:<15} | {_gib(s.args)} | {_gib(s.outputs)} | "
+          f"{_gib(s.temps)} | {_gib(s.aliased)} | {_gib(s.resident)} | "
+          f"{_gib(s.total)} | {'yes' if s.total <= hbm else 'NO'} | "
+          f"{s.length_field}={longest if longest is not None else '-'} | "
+          f"{s.rows_field}={most if most is not None else '-'} | "
+          f"{s.compile_s:.1f}")
+
+
 def format_plan(plan: Plan) -> str:
   """The plan as text: shares, one row per step, fit and advice."""
   mesh = ",".join(f"{k}:{v}" for k, v in plan.mesh.items())
@@ -459,15 +473,7 @@ def format_plan(plan: Plan) -> str:
       "per-device GiB  | args | outputs | temps | aliased | resident | "
       "total | fits | longest | most rows | compile s",
   ]
-  for s in plan.steps:
-    longest, most = s.max_length(plan.hbm), s.max_rows(plan.hbm)
-    lines.append(
-        f"{s.name:<15} | {_gib(s.args)} | {_gib(s.outputs)} | {_gib(s.temps)}"
-        f" | {_gib(s.aliased)} | {_gib(s.resident)} | {_gib(s.total)} | "
-        f"{'yes' if s.total <= plan.hbm else 'NO'} | "
-        f"{s.length_field}={longest if longest is not None else '-'} | "
-        f"{s.rows_field}={most if most is not None else '-'} | "
-        f"{s.compile_s:.1f}")
+  lines.extend(format_row(s, plan.hbm) for s in plan.steps)
   bad = [s for s in plan.steps if s.total > plan.hbm]
   if not bad:
     lines.append(f"FITS: every step within {_gib(plan.hbm)} GiB per device")
