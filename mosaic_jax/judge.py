@@ -356,6 +356,11 @@ def _answer_logits(graphdef: nnx.GraphDef, params: nnx.State,
                     preferred_element_type=jnp.float32)
 
 
+# The judge's jitted forward, public for ahead-of-time lowering
+# (experiments/plan.py).
+answer_logits = _answer_logits
+
+
 def _single_token(tokenizer: Any, text: str) -> int:
   ids = tokenizer.encode(text, add_special_tokens=False)
   if len(ids) != 1:

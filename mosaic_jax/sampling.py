@@ -434,6 +434,13 @@ _decode_in_place = jax.jit(_decode, static_argnames=_STATIC, donate_argnames=("c
 # A group's [B*G]-row cache cannot reuse the [B]-row prompt cache's buffers.
 _decode_groups = jax.jit(_decode, static_argnames=_STATIC)
 
+# The jitted calls `prefill`/`decode` run and the cache's logical axes, public
+# for ahead-of-time lowering with abstract inputs (experiments/plan.py).
+PREFILL_JIT = _prefill
+DECODE_JIT = _decode_in_place
+DECODE_GROUPS_JIT = _decode_groups
+CACHE_AXES = _CACHE_AXES
+
 
 def prefill(model: Decoder, tokens: jax.Array, mask: jax.Array,
             cache: KVCache) -> tuple[jax.Array, KVCache]:
