@@ -278,6 +278,33 @@ def _rl_model_cfg(cfg: ModelConfig, vocab: int) -> ModelConfig:
   return cfg.replace(vocab_size=vocab, param_dtype="bfloat16", dtype="bfloat16")
 
 
+def _bench_setup(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
+                 tokens_per_turn: int) -> tuple:
+  """What the RL-step and FATE-round sections share: the tiny tokenizer,
+  the model config at its vocabulary, a fresh train state on a data mesh,
+  every 7th built-in task and the rollout config.
+
+  Returns:
+    (tokenizer, model config, train state, mesh, tasks, RolloutConfig).
+  """
+  from mosaic_jax import rollout, sharding
+  from mosaic_jax.agent import tokenizer as tokenizer_lib
+  from mosaic_jax.envs import tasks
+  from mosaic_jax.models import init_model
+  from mosaic_jax.train import state as state_lib
+  tok = tokenizer_lib.load_tiny_tokenizer()
+  cfg = _rl_model_cfg(cfg, len(tok))
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  state = state_lib.create_train_state(
+      init_model(cfg, seed=0), state_lib.OptimizerConfig(), mesh=mesh)
+  task_list = tasks.all_tasks()[::7][:n_tasks]
+  config = rollout.RolloutConfig(
+      max_turns=turns, max_tokens_per_turn=tokens_per_turn,
+      max_total_length=turns * (tokens_per_turn + 96) + 512, group_size=group,
+      seed=0, stop_strings=("e",))
+  return tok, cfg, state, mesh, task_list, config
+
+
 def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
              tokens_per_turn: int) -> dict:
   """One MOSAIC RL step, phase by phase: rollout with the built-in
@@ -288,27 +315,14 @@ def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
   import numpy as np
 
   from experiments import rollout_bench
-  from mosaic_jax import rollout, sharding
-  from mosaic_jax.agent import tokenizer as tokenizer_lib
-  from mosaic_jax.envs import tasks
-  from mosaic_jax.models import init_model
-  from mosaic_jax.train import mosaic, state as state_lib, steps
-  import ml_collections
-  tok = tokenizer_lib.load_tiny_tokenizer()
-  cfg = _rl_model_cfg(cfg, len(tok))
-  model = init_model(cfg, seed=0)
-  reference = mosaic.copy_model(model)
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  task_list = tasks.all_tasks()[::7][:n_tasks]
-  config = rollout.RolloutConfig(
-      max_turns=turns, max_tokens_per_turn=tokens_per_turn,
-      max_total_length=turns * (tokens_per_turn + 96) + 512, group_size=group,
-      seed=0, stop_strings=("e",))
-  state = state_lib.create_train_state(model, state_lib.OptimizerConfig(),
-                                       mesh=mesh)
+  from mosaic_jax import rollout
+  from mosaic_jax.methods import mosaic
+  from mosaic_jax.train import run as run_lib, steps
+  tok, cfg, state, mesh, task_list, config = _bench_setup(
+      cfg, n_tasks, group, turns, tokens_per_turn)
+  reference = run_lib.copy_model(state.model())
   pg = steps.PGConfig(kl_beta=0.04, group_size=group)
   pg_step = steps.make_pg_step(pg)
-  rl = ml_collections.ConfigDict({"kl_beta": 0.04})
   rng = np.random.default_rng(0)
 
   def one_step(state):
@@ -320,7 +334,11 @@ def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
     times["rollout_s"] = time.perf_counter() - start
     advantages = rng.normal(size=(len(task_list), group)).astype(np.float32)
     start = time.perf_counter()
-    batch, _ = mosaic.rl_batch(state, reference, out, advantages, pg, rl, mesh)
+    batch = mosaic.rl_batch(out, advantages, mesh)
+    batch, _ = steps.old_logprobs(state, batch, pg)
+    batch = steps.reference_logprobs(
+        reference, batch, microbatch=pg.microbatch, chunk_size=pg.chunk_size,
+        temperature=pg.temperature)
     jax.block_until_ready(batch)
     times["logprobs_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -358,25 +376,13 @@ def _fate_round(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
   import jax
   import numpy as np
 
-  from mosaic_jax import fate as fate_lib
   from mosaic_jax import rollout, sharding
-  from mosaic_jax.agent import tokenizer as tokenizer_lib
-  from mosaic_jax.envs import tasks
-  from mosaic_jax.models import init_model
-  from mosaic_jax.train import state as state_lib, steps
-  tok = tokenizer_lib.load_tiny_tokenizer()
-  cfg = _rl_model_cfg(cfg, len(tok))
-  model = init_model(cfg, seed=0)
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  task_list = tasks.all_tasks()[::7][:n_tasks]
-  config = rollout.RolloutConfig(
-      max_turns=turns, max_tokens_per_turn=tokens_per_turn,
-      max_total_length=turns * (tokens_per_turn + 96) + 512, group_size=group,
-      seed=0, stop_strings=("e",))
+  from mosaic_jax.methods import fate as fate_lib
+  from mosaic_jax.train import steps
+  tok, cfg, state, mesh, task_list, config = _bench_setup(
+      cfg, n_tasks, group, turns, tokens_per_turn)
   fcfg = fate_lib.FateConfig(num_candidates=2,
                              prompt_extra_tokens=turns * tokens_per_turn)
-  state = state_lib.create_train_state(model, state_lib.OptimizerConfig(),
-                                       mesh=mesh)
   sft_step = steps.make_sft_step(steps.SFTConfig())
   pg_step = steps.make_pg_step(steps.PGConfig(group_size=group))
   buffer = fate_lib.ReplayBuffer(64)
