@@ -295,3 +295,43 @@ def test_accelerator_size_trains_the_fetched_pretrained_model(
   sizes = common.SIZES["accelerator"]
   assert sizes["rollout.max_total_length"] >= 1265 + sizes[
       "rollout.max_tokens_per_turn"]
+
+
+def _smollm2_dir():
+  from experiments import fetch  # pylint: disable=g-import-not-at-top
+  return os.environ.get("MOSAIC_JAX_SMOLLM2_DIR",
+                        str(fetch.default_dst(common.PRETRAINED)))
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(_smollm2_dir(), "fetch_info.json")),
+    reason="no fetched SmolLM2 (python -m experiments.fetch "
+    "smollm2-135m-instruct)")
+def test_accelerator_sizes_fit_smollm2():
+  # What the run checks before any compute (train.run.Run), on the real
+  # tokenizer: every held-out prompt plus a turn fits an episode, and the
+  # SFT demonstrations fit sft.max_len.
+  # pylint: disable=g-import-not-at-top
+  from mosaic_jax.envs import tasks
+  from mosaic_jax.models import ModelConfig
+  from mosaic_jax.rollout import prompt_ids
+  from mosaic_jax.train import validate
+  path = _smollm2_dir()
+  config = common.load_config("tiny", {**common.SIZES["accelerator"],
+                                       "model.path": path})
+  validate.check_values(config)
+  tokenizer = common.run_lib.build_tokenizer(config)
+  validate.check_tokenizer(tokenizer, ModelConfig.from_hf(path).vocab_size,
+                           path)
+  task_list = [t for split in ("validation", "test", "test_ood")
+               for t in tasks.all_tasks(split)]
+  _, sft = common.run_lib.measured_lengths(config, tokenizer, task_list)
+  prompts = {t.task_id: len(prompt_ids(t, tokenizer)) for t in task_list}
+  validate.check_lengths(config, prompts, sft)
+  assert max(prompts.values()) + config.rollout.max_tokens_per_turn <= (
+      config.rollout.max_total_length)
+  assert max(sft.values()) <= config.sft.max_len
+  fate_config = common.load_config("fate_tiny", {
+      **common.SIZES["accelerator"], **common.FATE_SIZES["accelerator"],
+      "model.path": path})
+  validate.check_values(fate_config)
