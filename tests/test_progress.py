@@ -73,11 +73,16 @@ def test_fate_rounds_and_an_evaluation_inside_a_phase():
     bar.show({"split": "validation", "harmful_compliance": 0.5,
               "utility": 0.25, "injection_asr": 0.0})
     bar.update(2)
+  # What HeldOut.evaluate does next: the phase's bar keeps the rates.
+  bars.show({"harmful_compliance": 0.5, "utility": 0.25,
+             "injection_asr": 0.0})
   bars.close()
   lines = _lines(out)
   for label in ("FATE round 1/2", "FATE round 2/2"):
     last = [l for l in lines if l.startswith(label)][-1]
     assert "2/2" in last and "reward=0.75" in last, last
+  assert _postfix_keys(last) == ["loss", "reward", "kl",
+                                 "harmful_compliance", "utility", "eta"]
   evaluation = [l for l in lines if l.startswith("eval (step_7)")]
   assert evaluation and "4/4" in evaluation[-1]
   assert _postfix_keys(evaluation[-1]) == ["split", "harmful_compliance",

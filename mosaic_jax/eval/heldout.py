@@ -300,5 +300,7 @@ class HeldOut:
       for split in splits:
         out[split] = self.evaluate_split(model, name, split, step, final,
                                          (done or {}).get(split), bar)
+    # The phase's bar keeps the first split's (eval.split's) rates.
+    self.progress.show(headline(out[splits[0]]))
     self.last_eval_s = time.perf_counter() - start
     return out

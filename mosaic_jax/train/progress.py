@@ -13,9 +13,10 @@ the run's outline:
                       interrupts and removed when done.
 
 The postfix holds the latest `loss`, `reward` (the batch mean) and `kl` of
-the phase's steps, on an evaluation bar the split and its
-`harmful_compliance` and `utility`, and on every bar `eta`, the time left at
-the bar's rate so far. Only process 0 shows bars (`Progress(enabled=None)`);
+the phase's steps and, once an evaluation ran, the `harmful_compliance` and
+`utility` of its first split (`eval.split`, validation); on an evaluation
+bar the split being played and its rates; on every bar `eta`, the time
+left at the bar's rate so far. Only process 0 shows bars (`Progress(enabled=None)`);
 elsewhere every method does nothing, so callers need no check.
 
 `quiet_logging` switches third-party INFO logging (absl, orbax, TFDS, grain,
@@ -32,10 +33,11 @@ from typing import IO, Any, Iterator, Mapping
 import tqdm
 from absl import logging
 
-# Postfix keys of a step bar: the phase's metric of that name.
-STEP_KEYS = ("loss", "reward", "kl")
 # Postfix keys of an evaluation bar: the split's headline metric.
 EVAL_KEYS = ("harmful_compliance", "utility")
+# Postfix keys of a step bar: the phase's metric of that name, then the
+# latest evaluation's (`Progress.show`).
+STEP_KEYS = ("loss", "reward", "kl", *EVAL_KEYS)
 ETA_KEY = "eta"
 
 # Python loggers of libraries that log INFO through the standard `logging`
@@ -154,6 +156,11 @@ class Progress:
     """One step of the open phase, with its metrics (`STEP_KEYS` shown)."""
     if self.current is not None:
       self.current.update(1, values)
+
+  def show(self, values: Mapping[str, Any]) -> None:
+    """`values` on the open phase's bar (an evaluation's headline rates)."""
+    if self.current is not None:
+      self.current.show(values)
 
   @contextlib.contextmanager
   def evaluation(self, name: str, total: int) -> Iterator[Bar]:
