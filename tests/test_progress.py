@@ -73,6 +73,11 @@ def test_fate_rounds_and_an_evaluation_inside_a_phase():
     bar.show({"split": "validation", "harmful_compliance": 0.5,
               "utility": 0.25, "injection_asr": 0.0})
     bar.update(2)
+    # The next split has no harmful tasks: its rate is not the last one's.
+    bar.show({"split": "test_ood", "harmful_compliance": None,
+              "utility": 0.75}, reset=("split", *progress.EVAL_KEYS))
+    assert bar.postfix == {"split": "test_ood", "utility": "0.75",
+                           "eta": bar.postfix["eta"]}
   # What HeldOut.evaluate does next: the phase's bar keeps the rates.
   bars.show({"harmful_compliance": 0.5, "utility": 0.25,
              "injection_asr": 0.0})
@@ -85,9 +90,11 @@ def test_fate_rounds_and_an_evaluation_inside_a_phase():
                                  "harmful_compliance", "utility", "eta"]
   evaluation = [l for l in lines if l.startswith("eval (step_7)")]
   assert evaluation and "4/4" in evaluation[-1]
-  assert _postfix_keys(evaluation[-1]) == ["split", "harmful_compliance",
-                                           "utility", "eta"]
-  assert "split=validation" in evaluation[-1]
+  assert any(_postfix_keys(l) == ["split", "harmful_compliance", "utility",
+                                  "eta"] and "split=validation" in l
+             for l in evaluation)
+  assert _postfix_keys(evaluation[-1]) == ["split", "utility", "eta"]
+  assert "split=test_ood, utility=0.75" in evaluation[-1]
   assert "injection_asr" not in out.getvalue()
 
 

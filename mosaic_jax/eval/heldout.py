@@ -257,7 +257,8 @@ class HeldOut:
         play(model, self.tokenizer, task_list, c, name, mesh,
              on_batch=on_batch), task_list, name, meta=meta, seed=c.seed))
     if bar is not None:
-      bar.show({"split": split, **headline(rep)})
+      bar.show({"split": split, **headline(rep)},
+               reset=("split", *progress_lib.EVAL_KEYS))
     if not final:
       return rep
     if c.eval.claim_samples and split in c.eval.final_splits:
@@ -301,6 +302,7 @@ class HeldOut:
         out[split] = self.evaluate_split(model, name, split, step, final,
                                          (done or {}).get(split), bar)
     # The phase's bar keeps the first split's (eval.split's) rates.
-    self.progress.show(headline(out[splits[0]]))
+    self.progress.show(headline(out[splits[0]]),
+                       reset=progress_lib.EVAL_KEYS)
     self.last_eval_s = time.perf_counter() - start
     return out

@@ -104,8 +104,13 @@ class Bar:
     left = max(self.total - fd["n"], 0) * fd["elapsed"] / done
     return tqdm.tqdm.format_interval(left)
 
-  def show(self, values: Mapping[str, Any]) -> None:
-    """Takes the postfix keys found in `values` (other names are ignored)."""
+  def show(self, values: Mapping[str, Any], reset: tuple[str, ...] = ()
+           ) -> None:
+    """Takes the postfix keys found in `values` (other names are ignored),
+    after dropping the `reset` keys (so a rate `values` lacks, e.g. a
+    split without harmful tasks, is not shown from an earlier one)."""
+    for key in reset:
+      self.postfix.pop(key, None)
     for key in self.keys:
       if values.get(key) is not None:
         self.postfix[key] = _format(values[key])
@@ -157,10 +162,12 @@ class Progress:
     if self.current is not None:
       self.current.update(1, values)
 
-  def show(self, values: Mapping[str, Any]) -> None:
-    """`values` on the open phase's bar (an evaluation's headline rates)."""
+  def show(self, values: Mapping[str, Any], reset: tuple[str, ...] = ()
+           ) -> None:
+    """`values` on the open phase's bar (an evaluation's headline rates),
+    after dropping the `reset` keys (`Bar.show`)."""
     if self.current is not None:
-      self.current.show(values)
+      self.current.show(values, reset)
 
   @contextlib.contextmanager
   def evaluation(self, name: str, total: int) -> Iterator[Bar]:
