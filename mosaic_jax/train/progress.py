@@ -16,8 +16,9 @@ The postfix holds the latest `loss`, `reward` (the batch mean) and `kl` of
 the phase's steps and, once an evaluation ran, the `harmful_compliance` and
 `utility` of its first split (`eval.split`, validation); on an evaluation
 bar the split being played and its rates; on every bar `eta`, the time
-left at the bar's rate so far. Only process 0 shows bars (`Progress(enabled=None)`);
-elsewhere every method does nothing, so callers need no check.
+left at the bar's rate so far. Only process 0 shows bars
+(`Progress(enabled=None)`); elsewhere every method does nothing, so callers
+need no check.
 
 `quiet_logging` switches third-party INFO logging (absl, orbax, TFDS, grain,
 JAX) off; the entry points (`experiments.cli`) and the notebooks call it.
