@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "psutil==7.2.2",
+    # Benchmark record schemas (mosaic_jax/benchmarks/; agentdojo needs it
+    # too).
+    "pydantic==2.14.4",
     # GGUF reading and dequantization (experiments.fetch, models.gguf_import);
     # transformers' GGUF tokenizer conversion also needs it. Its own loader of
     # GGUF weights (which would need accelerate) is not used.

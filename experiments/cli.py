@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import difflib
 import glob
-import logging as py_logging
 import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags
-from absl import logging
 
-# Python loggers of libraries that log INFO through the standard `logging`
-# module rather than absl's (absl's verbosity sets the root logger only).
-THIRD_PARTY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "grain",
-                       "tensorflow_datasets", "tensorflow", "etils", "tensorboardX")
-# absl verbosity: -1 WARNING, 0 INFO, 1 DEBUG.
-QUIET_VERBOSITY = -1
+from mosaic_jax.train import progress
+
+# The loggers quieted and the level they are set to (train.progress).
+THIRD_PARTY_LOGGERS = progress.THIRD_PARTY_LOGGERS
+QUIET_VERBOSITY = progress.QUIET_VERBOSITY
 
 
 def fail(message: str) -> NoReturn:
@@ -55,15 +52,8 @@ def did_you_mean(name: str, valid: Sequence[str]) -> str:
 
 def quiet_logging(verbosity: int | None) -> None:
   """Third-party logging at WARNING, or at `verbosity` (absl's scale) when
-  the user gave `--verbosity`."""
-  level = QUIET_VERBOSITY if verbosity is None else verbosity
-  logging.set_verbosity(level)
-  py_level = (py_logging.WARNING if level < 0 else
-              py_logging.INFO if level == 0 else py_logging.DEBUG)
-  for name in THIRD_PARTY_LOGGERS:
-    py_logging.getLogger(name).setLevel(py_level)
-  # TensorFlow's C++ logging (when TFDS pulls tensorflow in).
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if level >= 0 else "2")
+  the user gave `--verbosity` (`train.progress.quiet_logging`)."""
+  progress.quiet_logging(verbosity)
 
 
 def _config_file_choices(path: str) -> str:

@@ -105,8 +105,7 @@ def test_extra_alone_and_params_check(tmp_path, fresh):
 
 
 def test_metrics_writer(tmp_path):
-  writer = metrics.MetricsWriter(tmp_path, total_steps=3, enabled=True,
-                                 progress=False)
+  writer = metrics.MetricsWriter(tmp_path, enabled=True)
   writer.write(1, {"loss": jnp.float32(2.5), "tokens": np.int32(7)})
   writer.write(2, {"utility": 0.75}, prefix="eval/")
   writer.close()

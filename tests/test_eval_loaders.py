@@ -67,6 +67,13 @@ def test_agentharm_loads_published_schema(tmp_path):
      "field 'target_functions'[1] must be a string, got int"),
     (lambda r: r.update(hint_included="no"),
      "field 'hint_included' must be a boolean, got str"),
+    # JSON types as they are: no coercion of 1 to true or of 68 to "68".
+    (lambda r: r.update(detailed_prompt=1),
+     "field 'detailed_prompt' must be a boolean, got int"),
+    (lambda r: r.update(category=68),
+     "field 'category' must be a string, got int"),
+    (lambda r: r.update(id_original=True),
+     "field 'id_original' must be a string or an integer, got bool"),
     (lambda r: r.update(id="1-1"), "duplicate id, first used by record 0"),
 ])
 def test_agentharm_malformed_record_names_file_and_record(tmp_path, mutate,
@@ -139,8 +146,13 @@ def test_atbench_loads_published_schema(tmp_path):
     (_trajectory(7, 0, contents=[]),
      "record 1 (id 7): field 'contents' has no turns"),
     (_trajectory(7, 0, contents=[{"content": "no role"}]),
-     "record 1 (id 7): contents[0] must be a turn object with a string "
-     "'role'"),
+     "record 1 (id 7): field 'contents'[0] must be a turn object with a "
+     "string 'role'"),
+    (_trajectory(7, 0, contents=[[{"role": "user"}], [{"role": 2}]]),
+     "record 1 (id 7): field 'contents'[1] must be a turn object with a "
+     "string 'role'"),
+    (_trajectory(7, 1, failure_mode={"a": 1}),
+     "record 1 (id 7): field 'failure_mode' must be a list, got dict"),
     (_trajectory(7, 1, risk_source=[3]),
      "record 1 (id 7): field 'risk_source'[0] must be a string, got int"),
     (_trajectory(0, 1), "record 1 (id 0): duplicate id, first used by "
@@ -193,7 +205,11 @@ def test_privacylens_loads_published_schema(tmp_path):
 
 @pytest.mark.parametrize("record,message", [
     (_item("main2", final_action=None), "record 1 (name 'main2'): "
-     "trajectory: field 'final_action' must be a string, got NoneType"),
+     "field 'trajectory.final_action' must be a string, got NoneType"),
+    ({**_item("main2"), "trajectory": {"toolkits": []}},
+     "record 1 (name 'main2'): missing field 'trajectory.user_instruction'"),
+    ({**_item("main2"), "trajectory": "t"}, "record 1 (name 'main2'): "
+     "field 'trajectory' must be an object, got str"),
     (_item("main2", sensitive_info_items=[]), "record 1 (name 'main2'): field "
      "'trajectory.sensitive_info_items' must not be empty"),
     (_item("main2", toolkits=[{"x": 1}]), "record 1 (name 'main2'): field "

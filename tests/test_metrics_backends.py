@@ -32,7 +32,7 @@ def read_event_scalars(logdir):
 
 
 def test_tensorboard_event_file_has_the_jsonl_names(tmp_path):
-  writer = metrics.MetricsWriter(tmp_path, enabled=True, progress=False,
+  writer = metrics.MetricsWriter(tmp_path, enabled=True,
                                  backends=("jsonl", "tensorboard"))
   writer.write(1, {"loss": 2.5, "grad_norm": 1.0}, "sft/")
   writer.write(2, {"reward": 0.25, "kl": 0.01}, "rl/")
@@ -51,8 +51,7 @@ def test_backends_come_from_the_config(tmp_path, monkeypatch):
   config = base.base_config("tiny")
   assert tuple(config.logging.backends) == metrics.DEFAULT_BACKENDS
   config.logging.backends = ("jsonl",)
-  writer = metrics.MetricsWriter.from_config(tmp_path, config, enabled=True,
-                                             progress=False)
+  writer = metrics.MetricsWriter.from_config(tmp_path, config, enabled=True)
   writer.write(1, {"loss": 1.0}, "sft/")
   writer.close()
   assert not (tmp_path / "tensorboard").exists()
@@ -78,7 +77,7 @@ def test_wandb_gets_the_same_names_or_is_skipped(tmp_path, monkeypatch,
 
   fake = types.SimpleNamespace(init=lambda **kw: (logged.append(kw), Run())[1])
   monkeypatch.setitem(sys.modules, "wandb", fake)
-  writer = metrics.MetricsWriter(tmp_path, enabled=True, progress=False,
+  writer = metrics.MetricsWriter(tmp_path, enabled=True,
                                  backends=("jsonl", "wandb"))
   writer.write(3, {"reward": 0.5}, "rl/")
   writer.close()
@@ -86,22 +85,9 @@ def test_wandb_gets_the_same_names_or_is_skipped(tmp_path, monkeypatch,
   assert logged[1:] == [(3, {"rl/reward": 0.5}), "finished"]
   # Not installed: one warning line, the other backends still write.
   monkeypatch.setitem(sys.modules, "wandb", None)
-  writer = metrics.MetricsWriter(tmp_path / "b", enabled=True, progress=False,
+  writer = metrics.MetricsWriter(tmp_path / "b", enabled=True,
                                  backends=("jsonl", "wandb"))
   writer.write(1, {"loss": 1.0}, "sft/")
   writer.close()
   assert "wandb is not installed" in capsys.readouterr().err
   assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 1
-
-
-def test_progress_bar_shows_phase_loss_reward_kl(tmp_path):
-  writer = metrics.MetricsWriter(tmp_path, total_steps=4, enabled=True,
-                                 backends=("jsonl",))
-  writer.write(1, {"loss": 2.0}, "sft/")
-  writer.write(1, {"rss_mib": 900.0}, "host/")
-  assert writer._bar.desc.startswith("sft")
-  writer.write(2, {"loss": 0.5, "reward": 0.25, "kl": 0.125}, "rl/")
-  writer.write(2, {"step_s": 3.0}, "time/rl/")
-  assert writer._bar.desc.startswith("rl")
-  assert writer._bar.postfix == "loss=0.5, reward=0.25, kl=0.125"
-  writer.close()

@@ -1,14 +1,18 @@
-"""The colabs/ notebooks: every cell runs (smoke sizes) and their helpers.
+"""The colabs/ notebooks: their shape, every cell runs (smoke sizes), and
+their helpers.
 
 Each notebook executes top to bottom in a fresh kernel with
 `MOSAIC_NOTEBOOK_SMOKE=1` (tiny step counts, see `colabs/common.py`), on one
-CPU device, writing its runs under the test's tmp_path; a failing cell fails
-the test with the cell's error.
+CPU device, from a working directory outside the repository (its first cell
+finds the checkout), writing its runs under the test's tmp_path; a failing
+cell fails the test with the cell's error.
 """
 import json
 import os
 import pathlib
+import re
 import sys
+import time
 
 import nbformat
 import numpy as np
@@ -18,8 +22,12 @@ from nbclient import NotebookClient
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
 
-COLABS = pathlib.Path(__file__).resolve().parent.parent / "colabs"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+COLABS = REPO / "colabs"
 NOTEBOOKS = sorted(p.name for p in COLABS.glob("*.ipynb"))
+# Committed with the outputs of a CPU run (the ablations, 02 and 03, take
+# longer than a notebook reader waits on a CPU: committed without).
+WITH_OUTPUTS = ("01_agent_loop.ipynb", "04_losses_from_your_code.ipynb")
 
 sys.path.insert(0, str(COLABS))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -31,30 +39,89 @@ def test_the_four_notebooks_are_there():
                        "04_losses_from_your_code.ipynb"]
 
 
+def _code(nb):
+  return [c for c in nb.cells if c.cell_type == "code"]
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_saved_without_outputs(name):
+def test_first_cell_installs_and_the_runtime_is_detected(name):
   nb = nbformat.read(COLABS / name, as_version=4)
   nbformat.validate(nb)
-  for cell in nb.cells:
-    if cell.cell_type == "code":
-      assert cell.outputs == [] and cell.execution_count is None, name
+  first, *rest = _code(nb)
+  # The install cell: the repository's URL, a clone and an editable pip
+  # install of it, and colabs/ put on sys.path for `import common`.
+  assert re.search(r'^REPO_URL = "https://\S+\.git"', first.source, re.M)
+  for part in ('"git", "clone"', 'REPO_URL', '"pip", "install"', '"-e"',
+               'str(REPO / "colabs")'):
+    assert part in first.source, (name, part)
+  # The same cell in every notebook.
+  others = {_code(nbformat.read(COLABS / n, as_version=4))[0].source
+            for n in NOTEBOOKS}
+  assert others == {first.source}
+  text = "\n".join(c.source for c in rest)
+  # No runtime set by hand: detected, and the sizes follow it.
+  assert not re.search(r"^\s*RUNTIME\s*=\s*[\"']", text, re.M), name
+  if re.search(r"^import common", text, re.M):
+    assert "RUNTIME = common.detect_runtime()" in text, name
+    assert "common.size_name(RUNTIME)" in text, name
+    assert "common.warm_start(SIZE)" in text, name
+    assert "default_warm_start" not in text, name
+  # The set-up prose names what the cell does.
+  setup = next(c.source for c in nb.cells if c.cell_type == "markdown"
+               and c.source.startswith("**Set-up.**"))
+  assert "REPO_URL" in setup and "installs" in setup, name
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs(name, tmp_path):
+def test_committed_outputs_are_a_clean_cpu_run(name):
   nb = nbformat.read(COLABS / name, as_version=4)
+  code = _code(nb)
+  if name not in WITH_OUTPUTS:
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    return
+  # Every cell ran, in order, without an error, on a CPU runtime.
+  assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+  outputs = [o for c in code for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs
+                 if o.output_type == "stream")
+  if re.search(r"^import common", "".join(c.source for c in code), re.M):
+    assert "runtime: CPU; sizes: cpu;" in text, name
+
+
+def _execute(name, tmp_path):
+  """Runs the notebook in a fresh kernel from `tmp_path/cwd` (outside the
+  repository); its seconds."""
+  nb = nbformat.read(COLABS / name, as_version=4)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
   env = dict(os.environ, MOSAIC_NOTEBOOK_SMOKE="1",
-             MOSAIC_NOTEBOOK_ROOT=str(tmp_path))
+             MOSAIC_NOTEBOOK_ROOT=str(tmp_path / "runs"),
+             # This checkout's package, wherever the venv's is installed
+             # from (the install cell then finds this checkout).
+             PYTHONPATH=str(REPO))
   # One device, as a notebook user on a CPU has (the suite simulates 8).
   env.pop("XLA_FLAGS", None)
   # The kernel's own inline backend (Agg-rendered PNGs in the outputs).
   env.pop("MPLBACKEND", None)
   client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": str(COLABS)}})
+                          resources={"metadata": {"path": str(cwd)}})
+  start = time.perf_counter()
   client.execute(env=env)
+  seconds = time.perf_counter() - start
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
             if o.output_type == "error"]
   assert not errors
+  assert f"project: {REPO}" in _code(nb)[0].outputs[0]["text"]
+  return nb, seconds
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, tmp_path):
+  nb, seconds = _execute(name, tmp_path)
+  if name == "01_agent_loop.ipynb":
+    # The suite's budget for it (2 shared CPU cores).
+    assert seconds < 120, seconds
   # Every notebook ends in a plot (the ablations also in a table).
   last = [o for c in nb.cells[-2:] if c.cell_type == "code"
           for o in c.outputs]
@@ -186,3 +253,85 @@ def test_run_reads_back_resumes_or_clears(tmp_path, monkeypatch):
   (workdir / "checkpoints").mkdir()
   common.run(interrupted, workdir)  # same config, unfinished: resumed
   assert calls[-1] == ["checkpoints", "run_config.json"]
+
+
+@pytest.mark.parametrize("platform,runtime,size", [
+    ("tpu", "TPU", "accelerator"), ("gpu", "GPU", "accelerator"),
+    ("cuda", "GPU", "accelerator"), ("cpu", "CPU", "cpu")])
+def test_detect_runtime_picks_the_size(monkeypatch, platform, runtime, size):
+  device = type("Device", (), {"platform": platform})()
+  monkeypatch.setattr(common.jax, "devices", lambda: [device])
+  monkeypatch.setattr(common, "SMOKE", False)
+  assert common.detect_runtime() == runtime
+  assert common.size_name(runtime) == size
+  monkeypatch.setattr(common, "SMOKE", True)
+  assert common.size_name(runtime) == "smoke"
+  with pytest.raises(ValueError, match="unknown runtime 'cpu'; expected "
+                                       "one of TPU, GPU, CPU"):
+    common.size_name("cpu")
+
+
+def test_accelerator_size_trains_the_fetched_pretrained_model(
+    monkeypatch, tmp_path):
+  from experiments import fetch  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("MOSAIC_JAX_CACHE", str(tmp_path))
+  calls = []
+
+  def fake_fetch(cmd, cwd, check):
+    # What `python -m experiments.fetch NAME` leaves: a complete directory.
+    calls.append(cmd[1:])
+    dst = tmp_path / cmd[-1]
+    dst.mkdir()
+    (dst / fetch.INFO_FILE).write_text("{}")
+  monkeypatch.setattr(common.subprocess, "run", fake_fetch)
+  path = str(tmp_path / "smollm2-135m-instruct")
+  assert common.warm_start("accelerator") == path
+  assert calls == [["-m", "experiments.fetch", "smollm2-135m-instruct"]]
+  assert common.warm_start("accelerator") == path  # fetched once
+  assert len(calls) == 1
+  assert common.warm_start("cpu") == common.default_warm_start()
+  assert "tiny_base" in common.warm_start("cpu")
+  # The accelerator sizes fit SmolLM2's 1,046-1,265-token prompts.
+  sizes = common.SIZES["accelerator"]
+  assert sizes["rollout.max_total_length"] >= 1265 + sizes[
+      "rollout.max_tokens_per_turn"]
+
+
+def _smollm2_dir():
+  from experiments import fetch  # pylint: disable=g-import-not-at-top
+  return os.environ.get("MOSAIC_JAX_SMOLLM2_DIR",
+                        str(fetch.default_dst(common.PRETRAINED)))
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(_smollm2_dir(), "fetch_info.json")),
+    reason="no fetched SmolLM2 (python -m experiments.fetch "
+    "smollm2-135m-instruct)")
+def test_accelerator_sizes_fit_smollm2():
+  # What the run checks before any compute (train.run.Run), on the real
+  # tokenizer: every held-out prompt plus a turn fits an episode, and the
+  # SFT demonstrations fit sft.max_len.
+  # pylint: disable=g-import-not-at-top
+  from mosaic_jax.envs import tasks
+  from mosaic_jax.models import ModelConfig
+  from mosaic_jax.rollout import prompt_ids
+  from mosaic_jax.train import validate
+  path = _smollm2_dir()
+  config = common.load_config("tiny", {**common.SIZES["accelerator"],
+                                       "model.path": path})
+  validate.check_values(config)
+  tokenizer = common.run_lib.build_tokenizer(config)
+  validate.check_tokenizer(tokenizer, ModelConfig.from_hf(path).vocab_size,
+                           path)
+  task_list = [t for split in ("validation", "test", "test_ood")
+               for t in tasks.all_tasks(split)]
+  _, sft = common.run_lib.measured_lengths(config, tokenizer, task_list)
+  prompts = {t.task_id: len(prompt_ids(t, tokenizer)) for t in task_list}
+  validate.check_lengths(config, prompts, sft)
+  assert max(prompts.values()) + config.rollout.max_tokens_per_turn <= (
+      config.rollout.max_total_length)
+  assert max(sft.values()) <= config.sft.max_len
+  fate_config = common.load_config("fate_tiny", {
+      **common.SIZES["accelerator"], **common.FATE_SIZES["accelerator"],
+      "model.path": path})
+  validate.check_values(fate_config)

@@ -10,6 +10,7 @@ persistent compilation cache; faults are injected with `MOSAIC_FAULT`
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -202,11 +203,30 @@ def _plant_crash_leftovers(workdir: str) -> None:
     f.write('{"harmful_compliance": 0.')
 
 
-def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
+def _bar_lines(err: str, label: str) -> list[str]:
+  """The states of the console bar `label` (train.progress) in `err`."""
+  text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err)
+  return [line.strip() for line in re.split(r"[\r\n]", text)
+          if line.strip().startswith(label + ":")]
+
+
+def test_loop_writes_metrics_report_and_restores(assets, tmp_path, capsys):
   workdir = str(tmp_path / "run")
   _plant_crash_leftovers(workdir)
   config = _config(*assets, workdir)
   report = mosaic.run(config)
+  # One bar per phase (train.progress): SFT and RL steps with their loss,
+  # reward and KL, each evaluation its tasks and the split's rates.
+  err = capsys.readouterr().err
+  sft, rl = _bar_lines(err, "SFT"), _bar_lines(err, "RL")
+  assert f"{SFT_STEPS}/{SFT_STEPS}" in sft[-1] and "loss=" in sft[-1]
+  assert f"{RL_STEPS}/{RL_STEPS}" in rl[-1]
+  # The last evaluation's validation rates stay on the phase's bar.
+  assert re.findall(r"(\w+)=", rl[-1]) == [
+      "loss", "reward", "kl", "harmful_compliance", "utility", "eta"]
+  for name in ("warm_start", f"step_{TOTAL}", "final"):
+    last = _bar_lines(err, f"eval ({name})")[-1]
+    assert "harmful_compliance=" in last and "utility=" in last, last
   with open(tmp_path / "run" / run_lib.REPORT_FILE, encoding="utf-8") as f:
     written = json.load(f)
   assert written["kind"] == heldout.TRAINING_KIND
@@ -468,6 +488,11 @@ def test_fate_killed_in_a_round_replays_it_from_the_restored_buffer(
 
   done = _run(command, cache_dir)
   assert done.returncode == 0, done.stderr[-3000:]
+  # A bar per round (train.progress); the resumed run starts at round 2.
+  assert "2/2" in _bar_lines(out.stderr, "FATE round 1/2")[-1]
+  assert _bar_lines(out.stderr, "FATE round 2/2")
+  assert not _bar_lines(done.stderr, "FATE round 1/2")
+  assert "2/2" in _bar_lines(done.stderr, "FATE round 2/2")[-1]
   # The resumed run restarts round 2 from the round-1 checkpoint: buffer,
   # both task iterators, params and key restored, so it mines the same
   # failures, keeps the same repairs and samples the same SFT batch.

@@ -15,13 +15,23 @@ import dataclasses
 import os
 import re
 
+import pydantic
+
 from mosaic_jax.benchmarks import jsonfiles
 from mosaic_jax.benchmarks.jsonfiles import DatasetError
 
-_FIELDS = {"id": (str, int), "id_original": (str, int), "name": str,
-           "category": str, "prompt": str, "target_functions": list,
-           "grading_function": str, "detailed_prompt": bool,
-           "hint_included": bool}
+
+class BehaviorRecord(jsonfiles.Strict):
+  """A record of the file, as published (module docstring)."""
+  id: jsonfiles.one_of(str, int)
+  id_original: jsonfiles.one_of(str, int)
+  name: str
+  category: str
+  prompt: str
+  target_functions: list[str] = pydantic.Field(min_length=1)
+  grading_function: str
+  detailed_prompt: bool
+  hint_included: bool
 
 
 _FILE_RE = re.compile(r"(harmful|benign)_behaviors_(\w+)\.json$")
@@ -76,21 +86,19 @@ def load_behaviors(path: str | os.PathLike, harmful: bool | None = None
   records = jsonfiles.record_list(path, jsonfiles.read_json(path), "behaviors")
   behaviors, seen = [], {}
   for index, record in enumerate(records):
-    jsonfiles.check_fields(path, index, record, _FIELDS, id_key="id")
+    valid = jsonfiles.validate(path, index, record, BehaviorRecord, "id")
     label = jsonfiles.record_label(index, record, "id")
-    jsonfiles.check_string_list(path, label, "target_functions",
-                                record["target_functions"], non_empty=True)
-    key = str(record["id"])
+    key = str(valid.id)
     if key in seen:
       raise DatasetError(f"{path}: {label}: duplicate id, first used by "
                          f"record {seen[key]}")
     seen[key] = index
     behaviors.append(Behavior(
-        id=key, id_original=str(record["id_original"]), name=record["name"],
-        category=record["category"], prompt=record["prompt"],
-        target_functions=tuple(record["target_functions"]),
-        grading_function=record["grading_function"],
-        detailed_prompt=record["detailed_prompt"],
-        hint_included=record["hint_included"], harmful=is_harmful,
+        id=key, id_original=str(valid.id_original), name=valid.name,
+        category=valid.category, prompt=valid.prompt,
+        target_functions=tuple(valid.target_functions),
+        grading_function=valid.grading_function,
+        detailed_prompt=valid.detailed_prompt,
+        hint_included=valid.hint_included, harmful=is_harmful,
         split=split, source=path))
   return behaviors

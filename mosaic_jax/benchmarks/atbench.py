@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
+
+import pydantic
 
 from mosaic_jax.benchmarks import jsonfiles
 from mosaic_jax.benchmarks.jsonfiles import DatasetError
@@ -35,6 +37,52 @@ FIELDS = ("risk_source", "failure_mode", "real_world_harm")
 _LABELS = {0: False, 1: True, "safe": False, "unsafe": True}
 
 
+def _as_list(value: Any) -> Any:
+  """A taxonomy value as a list: absent/null/"" -> [], "x" -> ["x"]."""
+  if value is None or value == "":
+    return []
+  return [value] if isinstance(value, str) else value
+
+
+# str | [str, ...] | null, read as a list of strings.
+_Taxonomy = Annotated[list[str], pydantic.BeforeValidator(_as_list)]
+
+
+def _turns(contents: list[Any]) -> list[dict[str, Any]]:
+  """`contents` flattened one level (a round may be a list of turns)."""
+  turns = []
+  for i, item in enumerate(contents):
+    for turn in (item if isinstance(item, list) else [item]):
+      if not isinstance(turn, Mapping) or not isinstance(turn.get("role"),
+                                                          str):
+        raise jsonfiles.invalid(
+            "must be a turn object with a string 'role'", index=i)
+      turns.append(dict(turn))
+  if not turns:
+    raise jsonfiles.invalid("has no turns")
+  return turns
+
+
+class TrajectoryRecord(jsonfiles.Strict):
+  """A record of the file (module docstring); `contents` flattened to its
+  turns, `label` checked against the published values."""
+  contents: Annotated[list[Any], pydantic.AfterValidator(_turns)]
+  label: jsonfiles.one_of(int, str)
+  id: jsonfiles.one_of(str, int) = None
+  risk_source: _Taxonomy = []
+  failure_mode: _Taxonomy = []
+  real_world_harm: _Taxonomy = []
+
+  @pydantic.field_validator("label")
+  @classmethod
+  def _known_label(cls, value: Any) -> Any:
+    key = value.strip().casefold() if isinstance(value, str) else value
+    if key not in _LABELS:
+      raise jsonfiles.invalid("must be 0, 1, 'safe' or 'unsafe', got "
+                              "{got}", got=repr(value))
+    return key
+
+
 @dataclasses.dataclass(frozen=True)
 class Trajectory:
   """One ATBench item: turns, the gold label and the taxonomy labels."""
@@ -43,33 +91,6 @@ class Trajectory:
   unsafe: bool
   taxonomy: Mapping[str, tuple[str, ...]]
   source: str
-
-
-def _flatten(path: str, label: str, contents: list[Any]
-             ) -> list[Mapping[str, Any]]:
-  turns = []
-  for i, item in enumerate(contents):
-    for turn in (item if isinstance(item, list) else [item]):
-      if not isinstance(turn, Mapping) or not isinstance(turn.get("role"), str):
-        raise DatasetError(f"{path}: {label}: contents[{i}] must be a turn "
-                           "object with a string 'role'")
-      turns.append(dict(turn))
-  if not turns:
-    raise DatasetError(f"{path}: {label}: field 'contents' has no turns")
-  return turns
-
-
-def _taxonomy(path: str, label: str, record: Mapping[str, Any]
-              ) -> dict[str, tuple[str, ...]]:
-  out = {}
-  for field in FIELDS:
-    value = record.get(field)
-    if value in (None, "", []):
-      continue
-    values = value if isinstance(value, list) else [value]
-    jsonfiles.check_string_list(path, label, field, values)
-    out[field] = tuple(values)
-  return out
 
 
 def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
@@ -85,22 +106,15 @@ def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
       path, data, "data" if isinstance(data, Mapping) else None)
   out, seen = [], {}
   for index, record in enumerate(records):
-    jsonfiles.check_fields(path, index, record,
-                           {"contents": list, "label": (int, str),
-                            "id": (str, int)},
-                           id_key="id", optional=("id",))
+    valid = jsonfiles.validate(path, index, record, TrajectoryRecord, "id")
     label = jsonfiles.record_label(index, record, "id")
-    gold = record["label"]
-    if isinstance(gold, str):
-      gold = gold.strip().casefold()
-    if gold not in _LABELS:
-      raise DatasetError(f"{path}: {label}: field 'label' must be 0, 1, "
-                         f"'safe' or 'unsafe', got {record['label']!r}")
-    key = str(record.get("id", f"record-{index}"))
+    key = str(valid.id if valid.id is not None else f"record-{index}")
     if key in seen:
       raise DatasetError(f"{path}: {label}: duplicate id, first used by "
                          f"record {seen[key]}")
     seen[key] = index
-    out.append(Trajectory(key, tuple(_flatten(path, label, record["contents"])),
-                          _LABELS[gold], _taxonomy(path, label, record), path))
+    taxonomy = {f: tuple(getattr(valid, f)) for f in FIELDS
+                if getattr(valid, f)}
+    out.append(Trajectory(key, tuple(valid.contents), _LABELS[valid.label],
+                          taxonomy, path))
   return out

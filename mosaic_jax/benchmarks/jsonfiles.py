@@ -4,13 +4,21 @@ Hub-hosted benchmarks cannot be downloaded at run time, so every loader reads
 a local file in the published schema. A malformed file must fail loudly and
 point at the exact place: `DatasetError` messages start with the file path and,
 for a bad record, its index and id (`file: record 3 (id '1-2'): ...`).
+
+Records are checked by pydantic models of their schema (`Strict`, one per
+benchmark beside its loader); `validate` turns the first pydantic error into
+that message, naming the field (`'trajectory.toolkits'[0]`) and what it must
+be.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence, TypeVar
+
+import pydantic
+import pydantic_core
 
 # Deepest nesting a benchmark file may have: the published schemas nest a
 # handful of levels; Python's parser dies of recursion near 1,000.
@@ -148,53 +156,92 @@ def record_label(index: int, record: Any, id_key: str | None) -> str:
 
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer",
-               list: "a list", dict: "an object"}
+               float: "a number", list: "a list", dict: "an object"}
+# pydantic's error types -> what the value must be.
+_PYDANTIC_WANTED = {"string_type": "a string", "bool_type": "a boolean",
+                    "int_type": "an integer", "float_type": "a number",
+                    "list_type": "a list", "dict_type": "an object",
+                    "model_type": "an object", "model_attributes_type":
+                    "an object"}
 
 
-def check_fields(path: str, index: int, record: Any,
-                 fields: Mapping[str, type | tuple[type, ...]],
-                 id_key: str | None = None, optional: Sequence[str] = (),
-                 label: str | None = None) -> None:
-  """Checks that `record` is an object with `fields` of the given types.
+class Strict(pydantic.BaseModel):
+  """A benchmark record's schema: JSON types as they are (no coercion: "1"
+  is not an integer, 1 is not a string, true is not an integer); fields
+  the schema does not name are kept (`model_extra`)."""
+  model_config = pydantic.ConfigDict(strict=True, extra="allow",
+                                     frozen=True)
+
+
+def one_of(*types: type) -> Any:
+  """A field type accepting a value of any of `types` as it is (a boolean
+  only when `bool` is among them), for a field the published files write
+  in several types (an id as "1-2" or 68)."""
+  wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+  def check(value: Any) -> Any:
+    if (isinstance(value, bool) and bool not in types) or not isinstance(
+        value, types):
+      raise pydantic_core.PydanticCustomError(
+          "wrong_type", "must be {wanted}, got {got}",
+          {"wanted": wanted, "got": type(value).__name__})
+    return value
+  return Annotated[Any, pydantic.BeforeValidator(check)]
+
+
+def invalid(message: str, **context: Any) -> pydantic_core.PydanticCustomError:
+  """A validator's error, shown as `field '<name>' <message>`; an `index`
+  in `context` is appended to the name (`'contents'[0]`)."""
+  return pydantic_core.PydanticCustomError("invalid", message, context)
+
+
+def _field_text(loc: Sequence[Any], index: Any = None) -> str:
+  """`'trajectory.toolkits'[0]` of pydantic's location tuple."""
+  names = [str(p) for p in loc if not isinstance(p, int)]
+  indices = "".join(f"[{p}]" for p in loc if isinstance(p, int))
+  if index is not None:
+    indices += f"[{index}]"
+  return f"'{'.'.join(names)}'{indices}"
+
+
+def describe(error: Mapping[str, Any]) -> str:
+  """One pydantic error as this module's messages write it: `missing field
+  'x'`, `field 'x'[1] must be a string, got int`, `expected a JSON object,
+  got list` (the record itself)."""
+  loc, kind = tuple(error["loc"]), error["type"]
+  got = type(error.get("input")).__name__
+  if not loc:
+    return f"expected a JSON object, got {got}"
+  field = _field_text(loc, (error.get("ctx") or {}).get("index"))
+  if kind == "missing":
+    return f"missing field {field}"
+  if kind in _PYDANTIC_WANTED:
+    return f"field {field} must be {_PYDANTIC_WANTED[kind]}, got {got}"
+  if kind == "too_short":
+    return f"field {field} must not be empty"
+  return f"field {field} {error['msg']}"
+
+
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+def validate(path: str, index: int, record: Any, model: type[ModelT],
+             id_key: str | None = None) -> ModelT:
+  """`record` as `model` (a `Strict` schema).
 
   Args:
     path: the file, for the message.
     index: the record's position in the file.
     record: the parsed record.
-    fields: field name -> allowed type(s); `bool` is not accepted for `int`.
+    model: its schema.
     id_key: the record's id field, named in the message when present.
-    optional: fields that may be absent (checked when present).
-    label: how the message names the record (default: index and id), e.g.
-      `record 3 (name 'x'): trajectory` for a nested object.
 
   Raises:
-    DatasetError: naming the file, the record and the first bad field.
+    DatasetError: `{path}: record 3 (id '1-2'): field 'x' ...`, naming the
+      first bad field (in the schema's order) and what it must be.
   """
-  label = label or record_label(index, record, id_key)
-  if not isinstance(record, Mapping):
-    raise DatasetError(f"{path}: {label}: expected a JSON object, got "
-                       f"{type(record).__name__}")
-  for name, types in fields.items():
-    if name not in record:
-      if name in optional:
-        continue
-      raise DatasetError(f"{path}: {label}: missing field '{name}'")
-    types = types if isinstance(types, tuple) else (types,)
-    value = record[name]
-    # JSON true/false are Python ints; a boolean is never a valid integer.
-    bad_bool = isinstance(value, bool) and bool not in types
-    if bad_bool or not isinstance(value, types):
-      wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-      raise DatasetError(f"{path}: {label}: field '{name}' must be {wanted}, "
-                         f"got {type(value).__name__}")
-
-
-def check_string_list(path: str, label: str, name: str, value: list[Any],
-                      non_empty: bool = False) -> None:
-  """Checks that a list field holds strings only (and is non-empty if asked)."""
-  if non_empty and not value:
-    raise DatasetError(f"{path}: {label}: field '{name}' must not be empty")
-  for i, item in enumerate(value):
-    if not isinstance(item, str):
-      raise DatasetError(f"{path}: {label}: field '{name}'[{i}] must be a "
-                         f"string, got {type(item).__name__}")
+  try:
+    return model.model_validate(record)
+  except pydantic.ValidationError as e:
+    raise DatasetError(f"{path}: {record_label(index, record, id_key)}: "
+                       f"{describe(e.errors()[0])}") from None

@@ -23,13 +23,31 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+import pydantic
+
 from mosaic_jax.benchmarks import jsonfiles
 from mosaic_jax.benchmarks.jsonfiles import DatasetError
 
-_TRAJECTORY_FIELDS = {"user_instruction": str, "toolkits": list,
-                      "executable_trajectory": str, "final_action": str,
-                      "sensitive_info_items": list, "user_name": str,
-                      "user_email": str}
+
+class TrajectoryRecord(jsonfiles.Strict):
+  """An item's `trajectory`: the fields the agent prompt and the leak check
+  read (the others are kept)."""
+  user_instruction: str
+  toolkits: list[str]
+  executable_trajectory: str
+  final_action: str
+  sensitive_info_items: list[str] = pydantic.Field(min_length=1)
+  # Optional; a string when present.
+  user_name: str = None  # type: ignore[assignment]
+  user_email: str = None  # type: ignore[assignment]
+
+
+class ItemRecord(jsonfiles.Strict):
+  """A record of the file (module docstring)."""
+  name: jsonfiles.one_of(str, int)
+  seed: dict[str, Any]
+  vignette: dict[str, Any]
+  trajectory: TrajectoryRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,24 +75,14 @@ def load_items(path: str | os.PathLike) -> list[Item]:
   records = jsonfiles.record_list(path, jsonfiles.read_json(path))
   items, seen = [], {}
   for index, record in enumerate(records):
-    jsonfiles.check_fields(path, index, record,
-                           {"name": (str, int), "seed": dict, "vignette": dict,
-                            "trajectory": dict}, id_key="name")
+    valid = jsonfiles.validate(path, index, record, ItemRecord, "name")
     label = jsonfiles.record_label(index, record, "name")
-    trajectory = record["trajectory"]
-    jsonfiles.check_fields(path, index, trajectory, _TRAJECTORY_FIELDS,
-                           optional=("user_name", "user_email"),
-                           label=f"{label}: trajectory")
-    jsonfiles.check_string_list(path, label, "trajectory.toolkits",
-                                trajectory["toolkits"])
-    jsonfiles.check_string_list(path, label, "trajectory.sensitive_info_items",
-                                trajectory["sensitive_info_items"],
-                                non_empty=True)
-    key = str(record["name"])
+    key = str(valid.name)
     if key in seen:
       raise DatasetError(f"{path}: {label}: duplicate name, first used by "
                          f"record {seen[key]}")
     seen[key] = index
-    items.append(Item(key, dict(record["seed"]), dict(record["vignette"]),
-                      dict(trajectory), path))
+    # As written in the file (every trajectory field, absent ones absent).
+    items.append(Item(key, dict(valid.seed), dict(valid.vignette),
+                      dict(record["trajectory"]), path))
   return items

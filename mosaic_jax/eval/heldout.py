@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -33,6 +33,7 @@ from mosaic_jax.envs.records import EpisodeRecord
 from mosaic_jax.eval import builtin, report as report_lib
 from mosaic_jax.models import decoder
 from mosaic_jax.rollout import ModelPolicy, RolloutConfig, rollout
+from mosaic_jax.train import progress as progress_lib
 
 # The headline metrics of a training report (`eval.builtin.episode_metrics`
 # names; every other built-in metric is in the report beside them).
@@ -97,11 +98,13 @@ def stratified_subset(task_list: Sequence[Task], n: int) -> list[Task]:
 def play(model: decoder.Decoder, tokenizer: Any,
              task_list: Sequence[Task], config: ml_collections.ConfigDict,
              name: str = "model", mesh: jax.sharding.Mesh | None = None,
-             rc: RolloutConfig | None = None
+             rc: RolloutConfig | None = None,
+             on_batch: Callable[[int], None] | None = None
              ) -> list[EpisodeRecord]:
   """Plays every task (`rc`, default the evaluation decoding), `eval.batch`
   tasks per rollout; this process's records (each process plays its share
-  of each batch; several processes need the mesh)."""
+  of each batch; several processes need the mesh). `on_batch(n)` is called
+  after each rollout of `n` tasks."""
   rc = rc or eval_rollout_config(config)
   policy = ModelPolicy(model, tokenizer, name=name)
   records = []
@@ -109,6 +112,8 @@ def play(model: decoder.Decoder, tokenizer: Any,
     out = rollout(policy, task_list[start:start + config.eval.batch],
                   tokenizer, rc, mesh=mesh)
     records += [e.record for e in out.episodes]
+    if on_batch is not None:
+      on_batch(len(task_list[start:start + config.eval.batch]))
   return records
 
 
@@ -216,6 +221,8 @@ class HeldOut:
   Attributes:
     tasks: split -> the evaluated tasks.
     last_eval_s: seconds the last `evaluate` took.
+    progress: the run's `train.progress.Progress` (an evaluation shows a
+      bar of its tasks there); none by default.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any,
@@ -225,6 +232,7 @@ class HeldOut:
     self.mesh = mesh
     self.tasks = {split: list(v) for split, v in tasks.items()}
     self.last_eval_s = 0.0
+    self.progress = progress_lib.Progress(enabled=False)
     self._baselines: dict[str, dict[str, Any]] = {}
 
   def sizes(self) -> dict[str, int]:
@@ -233,24 +241,31 @@ class HeldOut:
 
   def evaluate_split(self, model: decoder.Decoder, name: str, split: str,
                      step: int, final: bool,
-                     greedy: Mapping[str, Any] | None = None
+                     greedy: Mapping[str, Any] | None = None,
+                     bar: progress_lib.Bar | None = None
                      ) -> dict[str, Any]:
     """The greedy report of `split` (`greedy`, when already computed for
     this model, is reused under `name`); `final` adds the baselines and, on
-    a final split with `eval.claim_samples`, the sampled evaluation."""
+    a final split with `eval.claim_samples`, the sampled evaluation. `bar`
+    advances by the tasks played and shows the split's headline rates."""
     c = self.config
+    on_batch = bar.update if bar is not None else None
     mesh = self.mesh if jax.process_count() > 1 else None
     task_list = self.tasks[split]
     meta = {"split": split, "step": step, "decoding": c.eval.strategy}
     rep = ({**greedy, "name": name} if greedy is not None else summarize(
-        play(model, self.tokenizer, task_list, c, name, mesh), task_list,
-        name, meta=meta, seed=c.seed))
+        play(model, self.tokenizer, task_list, c, name, mesh,
+             on_batch=on_batch), task_list, name, meta=meta, seed=c.seed))
+    if bar is not None:
+      bar.show({"split": split, **headline(rep)},
+               reset=("split", *progress_lib.EVAL_KEYS))
     if not final:
       return rep
     if c.eval.claim_samples and split in c.eval.final_splits:
       rc = claim_config(c)
       rep["sampled"] = summarize(
-          play(model, self.tokenizer, task_list, c, name, mesh, rc),
+          play(model, self.tokenizer, task_list, c, name, mesh, rc,
+               on_batch),
           task_list, name, seed=c.seed, meta={
               **meta, "decoding": rc.strategy, "temperature": rc.temperature})
     if split not in self._baselines:
@@ -260,6 +275,16 @@ class HeldOut:
           seed=c.seed)
     rep["baselines"] = self._baselines[split]
     return rep
+
+  def _played(self, splits: Sequence[str], final: bool,
+              done: Mapping[str, Any] | None) -> int:
+    """Tasks `evaluate` plays: each split's greedy run (unless `done`) and,
+    when `final`, the sampled run of each final split."""
+    c = self.config
+    sampled = [s for s in splits if final and c.eval.claim_samples
+               and s in c.eval.final_splits]
+    return (sum(len(self.tasks[s]) for s in splits if s not in (done or {}))
+            + sum(len(self.tasks[s]) for s in sampled))
 
   def evaluate(self, model: decoder.Decoder, name: str, step: int, *,
                final: bool = False,
@@ -271,8 +296,13 @@ class HeldOut:
     splits = (eval_splits(self.config) if final
               else (self.config.eval.split,))
     out = {}
-    for split in splits:
-      out[split] = self.evaluate_split(model, name, split, step, final,
-                                       (done or {}).get(split))
+    with self.progress.evaluation(name, self._played(splits, final, done)
+                                  ) as bar:
+      for split in splits:
+        out[split] = self.evaluate_split(model, name, split, step, final,
+                                         (done or {}).get(split), bar)
+    # The phase's bar keeps the first split's (eval.split's) rates.
+    self.progress.show(headline(out[splits[0]]),
+                       reset=progress_lib.EVAL_KEYS)
     self.last_eval_s = time.perf_counter() - start
     return out

@@ -733,9 +733,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError("the FATE loop runs on one process")
   c = config
   fcfg = FateConfig.from_config(c.fate)
-  per_round = c.fate.sft_steps + c.fate.pg_steps
-  total = c.sft.steps + c.fate.rounds * per_round
-  ws = run_lib.warm_start(c, total)
+  ws = run_lib.warm_start(c)
   try:
     return rounds(ws, fcfg)
   finally:
@@ -777,6 +775,11 @@ def rounds(ws: run_lib.WarmStart, fcfg: FateConfig) -> dict[str, Any]:
         next(mine_it), r.tokenizer, mine_config, fcfg, buffer,
         round_index=round_index)
     faults.fault_point("rollout", step + 1)
+    # The round's bar counts its steps: PFPO SFT (when the buffer holds
+    # repairs) and PG.
+    r.progress.phase(f"FATE round {round_index + 1}/{c.fate.rounds}",
+                     (c.fate.sft_steps if len(buffer) else 0)
+                     + c.fate.pg_steps)
     r.log(step, result.stats, "fate/")
     r.log(step, {"round_s": time.perf_counter() - start},
           run_lib.TIME_PREFIX + "fate/")

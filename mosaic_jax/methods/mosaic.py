@@ -97,6 +97,8 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
       pg_cfg, state_lib.learning_rate_schedule(rl_optimizer(c, c.rl.steps)))
   judge = make_judge(c, reference, r.tokenizer)
   step, last_eval = int(state.step), None
+  if step < total:
+    r.progress.phase("RL", c.rl.steps, initial=step - c.sft.steps)
   while step < total:
     start = time.perf_counter()
     tasks = next(it)
@@ -142,7 +144,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """
   validate.check_start(config)
   distributed.initialize_from_config(config.distributed)
-  ws = run_lib.warm_start(config, config.sft.steps + config.rl.steps)
+  ws = run_lib.warm_start(config)
   r = ws.run
   try:
     # RL starts from the SFT params with a fresh optimizer; steps continue.

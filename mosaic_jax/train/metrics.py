@@ -1,4 +1,4 @@
-"""Training metrics to JSONL, TensorBoard, Weights & Biases and a progress bar.
+"""Training metrics to JSONL, TensorBoard and Weights & Biases.
 
 Every backend gets the same names and values: `{"step", **metrics}` lines in
 `<logdir>/metrics.jsonl` ("jsonl"), scalars of those names in TensorBoard
@@ -8,8 +8,9 @@ event files under `<logdir>/tensorboard` ("tensorboard"; `tensorboard
 works without a network and syncs later with `wandb sync`). The config
 field `logging.backends` picks them (`MetricsWriter.from_config`).
 
-Only process 0 writes (and shows a bar); other processes get a writer whose
-methods do nothing, so loops call it unconditionally.
+Only process 0 writes; other processes get a writer whose methods do
+nothing, so loops call it unconditionally. The console's bars are
+`train.progress`.
 """
 from __future__ import annotations
 
@@ -20,33 +21,17 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 BACKENDS = ("jsonl", "tensorboard", "wandb")
 DEFAULT_BACKENDS = ("jsonl", "tensorboard")
-# The progress bar's postfix: the latest value of each metric whose name
-# ends like this (whichever write it came in), shown without its phase.
-POSTFIX_SUFFIXES = ("/loss", "/reward", "/kl", "eval/harmful_compliance",
-                    "eval/utility")
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Host floats of scalar metrics (one device fetch for all of them)."""
   host = jax.device_get(dict(metrics))
   return {k: float(np.asarray(v)) for k, v in host.items()}
-
-
-def _phase(name: str) -> str | None:
-  """The phase a step metric belongs to (`sft/loss` -> `sft`), or None."""
-  head, _, tail = name.partition("/")
-  return head if tail == "loss" else None
-
-
-def _postfix_key(name: str) -> str:
-  return name.split("/", 1)[1] if name.endswith(("/loss", "/reward",
-                                                  "/kl")) else name
 
 
 def _open_wandb(logdir: str, project: str, mode: str):
@@ -65,16 +50,10 @@ def _open_wandb(logdir: str, project: str, mode: str):
 
 
 class MetricsWriter:
-  """Writes each step's scalars to every backend (module docstring).
+  """Writes each step's scalars to every backend (module docstring)."""
 
-  The progress bar's description is the current phase (from the `.../loss`
-  name last written) and its postfix the latest loss, reward, KL and
-  validation rates.
-  """
-
-  def __init__(self, logdir: str | os.PathLike, *, total_steps: int | None = None,
-               initial_step: int = 0, enabled: bool | None = None,
-               progress: bool = True,
+  def __init__(self, logdir: str | os.PathLike, *,
+               enabled: bool | None = None,
                backends: Sequence[str] = DEFAULT_BACKENDS,
                wandb_project: str = "mosaic-jax",
                wandb_mode: str = "offline"):
@@ -82,10 +61,7 @@ class MetricsWriter:
 
     Args:
       logdir: output directory (created).
-      total_steps: length of the progress bar.
-      initial_step: where the bar starts (a restored run resumes here).
       enabled: write at all (default: on process 0 only).
-      progress: show a tqdm bar.
       backends: names from `BACKENDS`.
       wandb_project: the Weights & Biases project.
       wandb_mode: "offline" (no network), "online" or "disabled".
@@ -98,8 +74,7 @@ class MetricsWriter:
       raise ValueError(f"logging.backends: unknown backend {unknown[0]!r} "
                        f"(valid: {', '.join(BACKENDS)})")
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self._jsonl = self._tb = self._bar = self._wandb = None
-    self._postfix: dict[str, str] = {}
+    self._jsonl = self._tb = self._wandb = None
     if not self.enabled:
       return
     logdir = os.fspath(logdir)
@@ -115,9 +90,6 @@ class MetricsWriter:
           os.path.join(logdir, TENSORBOARD_DIR))
     if "wandb" in backends:
       self._wandb = _open_wandb(logdir, wandb_project, wandb_mode)
-    if progress:
-      self._bar = tqdm.tqdm(total=total_steps, initial=initial_step,
-                            dynamic_ncols=True)
 
   @classmethod
   def from_config(cls, logdir: str | os.PathLike, config: Any,
@@ -151,23 +123,7 @@ class MetricsWriter:
         self._tb.add_scalar(name, value, int(step))
     if self._wandb is not None:
       self._wandb.log(values, step=int(step))
-    if self._bar is not None:
-      self._update_bar(int(step), values)
     return values
-
-  def _update_bar(self, step: int, values: Mapping[str, float]) -> None:
-    self._bar.update(max(0, step - self._bar.n))
-    for name, value in values.items():
-      phase = _phase(name)
-      if phase is not None:
-        self._bar.set_description(phase, refresh=False)
-      if name.endswith(POSTFIX_SUFFIXES):
-        self._postfix[_postfix_key(name)] = f"{value:.4g}"
-    if self._postfix:
-      # In POSTFIX_SUFFIXES order, whatever order the metrics came in.
-      order = [s.lstrip("/") for s in POSTFIX_SUFFIXES]
-      self._bar.set_postfix({k: self._postfix[k] for k in order
-                             if k in self._postfix}, refresh=False)
 
   def close(self) -> None:
     if not self.enabled:
@@ -178,5 +134,3 @@ class MetricsWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
-    if self._bar is not None:
-      self._bar.close()

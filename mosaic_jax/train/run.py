@@ -60,6 +60,7 @@ from mosaic_jax.models import ModelConfig, convert, decoder, presets
 from mosaic_jax.models import lora as lora_lib
 from mosaic_jax.rollout import prompt_ids
 from mosaic_jax.train import checkpoint, faults, hooks, metrics as metrics_lib
+from mosaic_jax.train import progress as progress_lib
 from mosaic_jax.train import sft_data, state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
 
@@ -264,7 +265,8 @@ class Run:
   model, the SFT optimizer settings, the held-out evaluation
   (`heldout`, `evaluation`), checkpoints and SIGTERM (`checkpoints`), the
   metrics writer (set by `warm_start`) and the non-finite guard
-  (`faults`); the SFT phase.
+  (`faults`), the console's bars (`progress`, one per phase); the SFT
+  phase.
 
   Everything that can be checked without compute is checked first, each
   failure naming the field and the fix: the config's values
@@ -308,6 +310,8 @@ class Run:
     self.heldout = heldout_lib.HeldOut(
         config, self.tokenizer, self.mesh,
         heldout_lib.select_tasks(config, split_tasks))
+    self.progress = progress_lib.Progress(enabled=self.main)
+    self.heldout.progress = self.progress
     self.evaluation = hooks.PeriodicEval(self.heldout, config, self.log)
     self.writer: metrics_lib.MetricsWriter | None = None
     self.guard = faults.NonFiniteGuard(
@@ -318,6 +322,7 @@ class Run:
 
   def close(self) -> None:
     """Flushes and closes the writers; SIGTERM kills again."""
+    self.progress.close()
     if self.writer is not None:
       self.writer.close()
     self.checkpoints.close()
@@ -351,14 +356,16 @@ class Run:
       os.replace(tmp, self.path(name))
 
   def log(self, step: int, values: Mapping[str, Any],
-          prefix: str = "") -> None:
-    self.writer.write(step, values, prefix)
+          prefix: str = "") -> dict[str, float]:
+    """Writes `values` under `prefix`; returns them as host floats."""
+    return self.writer.write(step, values, prefix)
 
   def log_step(self, phase: str, step: int, metrics: Mapping[str, Any],
                times: Mapping[str, float], task_ids: Sequence[str]) -> None:
     """A step's metrics under `phase/`, its wall times and the resident
     memory; a skipped non-finite update goes to the guard (which may stop
-    the run).
+    the run); the open phase bar advances with the step's loss, reward
+    and KL.
 
     Args:
       phase: metric prefix and guard label ("sft", "rl", ...).
@@ -367,7 +374,8 @@ class Run:
       times: wall times in seconds, logged under `time/<phase>/`.
       task_ids: this process's tasks of the step's batch.
     """
-    self.log(step, metrics, phase + "/")
+    values = self.log(step, metrics, phase + "/")
+    self.progress.step({k[len(phase) + 1:]: v for k, v in values.items()})
     self.log(step, times, TIME_PREFIX + phase + "/")
     self.log(step, {"rss_mib": _rss_mib()}, HOST_PREFIX)
     self.guard.update(phase, step, metrics, task_ids)
@@ -384,6 +392,8 @@ class Run:
     rows = c.sft.batch // jax.process_count()
     pad = self.tokenizer.pad_token_id
     step = int(state.step)
+    if step < c.sft.steps:
+      self.progress.phase("SFT", c.sft.steps, initial=step)
     while step < c.sft.steps:
       start = time.perf_counter()
       step += 1
@@ -470,8 +480,7 @@ class WarmStart:
   before: dict[str, Any]
 
 
-def warm_start(config: ml_collections.ConfigDict, total_steps: int
-               ) -> WarmStart:
+def warm_start(config: ml_collections.ConfigDict) -> WarmStart:
   """Set-up, restore, the SFT warm-up, the reference policy and `before`.
 
   Restores the newest checkpoint of `workdir/checkpoints` (if any) and runs
@@ -482,7 +491,6 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
 
   Args:
     config: the run's config.
-    total_steps: the last global step of the whole run (progress bar).
 
   Returns:
     The `WarmStart` the second phase continues from; the caller closes its
@@ -498,8 +506,7 @@ def warm_start(config: ml_collections.ConfigDict, total_steps: int
                                             seed=config.seed, mesh=r.mesh)
     state, extra, resumed = r.checkpoints.ckpt.restore_or_keep(template)
     step = int(state.step)
-    r.writer = metrics_lib.MetricsWriter.from_config(
-        r.workdir, config, total_steps=total_steps, initial_step=step)
+    r.writer = metrics_lib.MetricsWriter.from_config(r.workdir, config)
     if r.main:
       start = f"resumed at step {step}" if resumed else "fresh"
       sizes = ", ".join(f"{s} {n}" for s, n in r.heldout.sizes().items())
