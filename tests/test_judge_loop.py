@@ -19,20 +19,17 @@ from mosaic_jax import data as data_lib, judge, sharding
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.eval import harness
 from mosaic_jax.methods import mosaic
-from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
-from mosaic_jax.models import presets
+from mosaic_jax.models import convert, init_model, presets
 from mosaic_jax.train import checkpoint, faults, run as run_lib
 from mosaic_jax.train import steps as steps_lib
+from tests import test_train_loop as loop
 
 SFT_STEPS, RL_STEPS = 0, 3
 TOTAL = SFT_STEPS + RL_STEPS
 GROUPS, G = 2, 2
 
-MINUSCULE = ModelConfig(
-    family="qwen3", vocab_size=2048, hidden_size=32, intermediate_size=64,
-    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-    rope=RopeConfig(theta=1e4), qk_norm=True, tie_embeddings=True,
-    max_position_embeddings=1024)
+# test_train_loop's minuscule policy and its metrics reader.
+MINUSCULE = loop.MINUSCULE
 
 ITEMS = [("Email Bob the report.", "<think>go</think> I send it.",
           "I refuse: it holds a password."),
@@ -72,6 +69,19 @@ def test_sharded_judge_scores_equal_unsharded():
   np.testing.assert_allclose(p[1], .5 * (a[1] + 1 - a[2]), atol=1e-5)
 
 
+def test_the_cache_round_trips_through_json():
+  path = str(presets.TINY_BASE_DIR)
+  kw = dict(bucket=128, max_transcript_tokens=32, pair_batch=4)
+  tok = harness.load_tokenizer(path)
+  model = mosaic.load_judge_model(path, None)
+  first = judge.LLMJudge(model, tok, **kw)
+  q = first.ordered_scores(ITEMS)
+  again = judge.LLMJudge(model, tok, **kw)
+  again.load_cache(json.loads(json.dumps(first.cache_state())))
+  np.testing.assert_array_equal(again.ordered_scores(ITEMS), q)
+  assert again.forwards == 0 and again.take_stats()["cache_hits"] == 3
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
   """(policy model dir, data dir) shared by the module's runs."""
@@ -104,18 +114,7 @@ def _config(model_dir, data_dir, workdir, kind="llm"):
   return config
 
 
-def _records(workdir):
-  """(step, name) -> value of every metric but wall times and memory; a
-  step logged again after a resume keeps its last value."""
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      record = json.loads(line)
-      step = record.pop("step")
-      for name, value in record.items():
-        if not name.startswith((run_lib.TIME_PREFIX, run_lib.HOST_PREFIX)):
-          out[step, name] = value
-  return out
+_records = loop._metrics  # pylint: disable=protected-access
 
 
 @pytest.fixture
@@ -169,6 +168,12 @@ def test_llm_judge_in_the_loop_and_sigterm_resume_is_exact(
     mosaic.run(config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.latest_step() == SFT_STEPS + 2
+  # The judge's cache went into the checkpoint, so the resumed run reads
+  # the scores the uninterrupted one kept: every prompt scored so far.
+  cache = ckpt.extra()[mosaic.JUDGE_CACHE_KEY]
+  scored = sum(logged[s, "rl/judge/prompts"] - logged[s, "rl/judge/cache_hits"]
+               for s in (SFT_STEPS + 1, SFT_STEPS + 2))
+  assert 0 < len(cache) <= scored and len({k for k, _ in cache}) == len(cache)
   ckpt.close()
   monkeypatch.delenv(faults.FAULT_ENV)
   report = mosaic.run(_config(*assets, workdir))

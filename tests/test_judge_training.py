@@ -13,15 +13,12 @@ from mosaic_jax import judge
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.methods import judge_training as jt
 from mosaic_jax.methods import mosaic
-from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
+from mosaic_jax.models import convert, init_model
 from mosaic_jax.train import validate
+from tests import test_train_loop as loop
 
 # A 2-layer width-32 judge over the tiny tokenizer: the run compiles little.
-MINUSCULE = ModelConfig(
-    family="qwen3", vocab_size=2048, hidden_size=32, intermediate_size=64,
-    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
-    rope=RopeConfig(theta=1e4), qk_norm=True, tie_embeddings=True,
-    max_position_embeddings=1024)
+MINUSCULE = loop.MINUSCULE
 
 
 def test_judge_metrics_by_hand():

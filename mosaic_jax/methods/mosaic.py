@@ -36,6 +36,8 @@ from mosaic_jax.train import state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
 
 PHASE = "rl"
+# The checkpoint's extra-dict key of the LLM judge's cache.
+JUDGE_CACHE_KEY = "judge_cache"
 
 
 def rl_optimizer(config: ml_collections.ConfigDict,
@@ -114,6 +116,12 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
   pg_step = steps_lib.make_pg_step(
       pg_cfg, state_lib.learning_rate_schedule(rl_optimizer(c, c.rl.steps)))
   judge = make_judge(c, reference, r.tokenizer, r.mesh)
+  cached = hasattr(judge, "cache_state")
+  if cached and extra.get("phase") == PHASE:
+    # The cache as the uninterrupted run had it at this step (a rescored
+    # pair could land in a forward of another row count, and so differ in
+    # its last bits): a resumed run equals it exactly.
+    judge.load_cache(extra.get(JUDGE_CACHE_KEY, []))
   step, last_eval = int(state.step), None
   while step < total:
     start = time.perf_counter()
@@ -140,7 +148,8 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
                 "step_s": time.perf_counter() - start},
                [t.task_id for t in tasks])
     last_eval = r.evaluation.after_step(state.model(), step)
-    r.save(state, PHASE, it, force=step == total)
+    r.save(state, PHASE, it, force=step == total,
+           extra={JUDGE_CACHE_KEY: judge.cache_state()} if cached else None)
   return state, last_eval
 
 
