@@ -5,8 +5,9 @@ Fetch the model first (`python -m experiments.fetch smollm2-135m-instruct`,
 docs/fetching.md); then
 `python -m experiments.train --config=configs/judge_smollm2.py`. Not run
 yet (docs/training.md, "Training a judge"): a GPU or TPU job, 135 M
-parameters on prompts of up to ~2.3 k tokens (SmolLM2 tokenizes the
-prompt's ~360 words and two 768-token transcripts).
+parameters on prompts of ~1.9 k tokens (the template is 219 SmolLM2 tokens,
+then the task and two 768-token transcripts). " A" and " B" are one
+SmolLM2 token each (330, 389), as `judge.answers` needs.
 """
 import os
 import pathlib
