@@ -32,11 +32,11 @@ from ml_collections import config_flags
 
 from experiments import cli
 
-from configs import base, fate_settings
+from configs import base, fate_settings, judge_settings
 from mosaic_jax import distributed
 from mosaic_jax.models.config import ModelFileError
 from mosaic_jax.eval import heldout
-from mosaic_jax.methods import fate, mosaic
+from mosaic_jax.methods import fate, judge_training, mosaic
 from mosaic_jax.train import checkpoint, faults, run as run_lib, validate
 from mosaic_jax.viz import plots, summary
 
@@ -49,6 +49,8 @@ def reference_config(config: ml_collections.ConfigDict
   """Every field a training config may have, at values of its type:
   configs/base.py's, plus the `fate` section when the config has one."""
   reference = base.base_config(config.model.preset)
+  if config.get("method") == "judge":
+    return judge_settings.add_judge_training(reference)
   if "fate" in config or "method" in config:
     fate_settings.add_fate(reference)
   return reference
@@ -61,7 +63,11 @@ def main(argv):
     raise app.UsageError("set --config.workdir (every output goes there)")
   # config.method "fate" (configs/fate_tiny.py) runs the FATE loop
   # (mosaic_jax/methods/fate.py), which writes the same report.json.
-  run = fate.run if config.get("method", "mosaic") == "fate" else mosaic.run
+  # config.method "judge" (configs/judge_tiny.py) trains a pairwise judge
+  # (mosaic_jax/methods/judge_training.py) and writes judge_report.json.
+  method = config.get("method", "mosaic")
+  run = {"fate": fate.run, "judge": judge_training.run}.get(method,
+                                                            mosaic.run)
   try:
     # Structure first (pure Python); run() initialises the process group,
     # then checks values, tokenizer, checkpoint and data before any compute.
@@ -78,7 +84,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   if distributed.is_main_process():
-    print(after_run(config.workdir, report), flush=True)
+    print(judge_training.summary(report) if method == "judge" else
+          after_run(config.workdir, report), flush=True)
 
 
 def after_run(workdir: str, report: Mapping[str, Any]) -> str:

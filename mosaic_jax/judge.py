@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mosaic_jax import sections
+from mosaic_jax import sections, sharding
 from mosaic_jax.envs.base import Task
 from mosaic_jax.envs.verifiers import OBJECTIVES
 
@@ -385,6 +385,29 @@ def apply_tie_band(p: np.ndarray, band: float) -> np.ndarray:
   return np.where(np.abs(p - np.float32(0.5)) <= band, np.float32(0.5), p)
 
 
+# What an LLM judge logs per step (`take_stats`, metrics `rl/judge/*`):
+# unordered pairs it scored (both orders each), ordered prompts those needed,
+# prompts read from the cache, jitted forwards run, and the mean |P − ½| of
+# its pairs (after the tie band; 0 without pairs).
+STAT_NAMES = ("pairs", "prompts", "cache_hits", "forwards", "margin_mean")
+
+
+def _zero_stats() -> dict[str, float]:
+  return dict(pairs=0, prompts=0, cache_hits=0, forwards=0, margin_sum=0.0)
+
+
+def _finish_stats(s: Mapping[str, float]) -> dict[str, float]:
+  out = {k: float(s[k]) for k in STAT_NAMES[:-1]}
+  out["margin_mean"] = float(s["margin_sum"] / s["pairs"]) if s["pairs"] else 0.
+  return out
+
+
+def take_stats(judge: Any) -> dict[str, float]:
+  """`judge.take_stats()` of a judge that keeps stats (llm, hybrid), else
+  {} (the verifier rank)."""
+  return judge.take_stats() if hasattr(judge, "take_stats") else {}
+
+
 def _rows_of(n: int, cap: int) -> int:
   """Rows of a forward holding n prompts: the next power of two, at most
   `cap`."""
@@ -405,7 +428,13 @@ class LLMJudge:
   pairs not in the cache are bucketed by padded length (a multiple of
   `bucket`) and run `pair_batch` rows per jitted forward (`forwards` counts
   them), each forward's rows a power of two, so a run compiles once per
-  (rows, length) met.
+  (rows, length) met. With a `mesh` the rows are sharded over its batch
+  axes (`sharding.shard_batch`) and the model's params should be placed on
+  it by the policy's rules (`sharding.shard_params`, or a loader's `mesh`):
+  XLA then partitions the forward like the policy's.
+
+  `take_stats()` returns what was judged since its last call (`STAT_NAMES`)
+  and starts counting again; a run logs it every step.
   """
 
   def __init__(self, model: nnx.Module, tokenizer: Any, *,
@@ -413,7 +442,8 @@ class LLMJudge:
                response_prefix: str = "Answer:", bucket: int = 256,
                max_transcript_tokens: int = 1024,
                template: PromptTemplate | None = None, pair_batch: int = 64,
-               tie_band: float = 0.0, cache_size: int = 65536):
+               tie_band: float = 0.0, cache_size: int = 65536,
+               mesh: jax.sharding.Mesh | None = None):
     """Builds the judge.
 
     Args:
@@ -431,6 +461,8 @@ class LLMJudge:
       pair_batch: rows per forward, at most.
       tie_band: `|P − ½| ≤ tie_band` becomes ½.
       cache_size: ordered-pair scores kept (oldest dropped first; 0: none).
+      mesh: shard each forward's rows over this mesh's batch axes (None:
+        the rows go where the params are).
     """
     self.graphdef, self.params = nnx.split(model, nnx.Param)
     self.tokenizer = tokenizer
@@ -451,6 +483,8 @@ class LLMJudge:
     self.cache: collections.OrderedDict[str, float] = (
         collections.OrderedDict())
     self.forwards = 0
+    self.mesh = mesh
+    self._stats = _zero_stats()
     self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id
                    is not None else 0)
 
@@ -469,6 +503,12 @@ class LLMJudge:
         add_generation_prompt=True) + self.response_prefix
     return self.tokenizer.encode(text, add_special_tokens=False)
 
+  def clipped_prompt_ids(self, task_prompt: str, first: str,
+                         second: str) -> list[int]:
+    """`prompt_ids` of the pair with both transcripts clipped as the judge
+    clips them (what a forward reads; judge training's inputs)."""
+    return self.prompt_ids(task_prompt, self._clip(first), self._clip(second))
+
   def _forward(self, rows: Sequence[list[int]], length: int) -> np.ndarray:
     """q of `rows` (each ≤ length ids), in batches of a fixed shape."""
     out = []
@@ -482,10 +522,13 @@ class LLMJudge:
       for r, ids in enumerate(chunk):
         tokens[r, length - len(ids):] = ids
         mask[r, length - len(ids):] = 1
+      if self.mesh is not None:
+        tokens, mask = sharding.shard_batch((tokens, mask), self.mesh)
       logits = np.asarray(_answer_logits(
           self.graphdef, self.params, jnp.asarray(tokens), jnp.asarray(mask),
           self.answer_ids), np.float64)
       self.forwards += 1
+      self._stats["forwards"] += 1
       # softmax over the two answers, first entry: P(answer "A").
       q = 1.0 / (1.0 + np.exp(logits[:, 1] - logits[:, 0]))
       out.append(q[:len(rows[start:start + step])])
@@ -496,6 +539,8 @@ class LLMJudge:
     """`q(first, second)` `[n]` float64 of (task prompt, first, second)
     items: cached ones read back, the rest scored together."""
     keys = [pair_key(*it) for it in items]
+    self._stats["prompts"] += len(keys)
+    self._stats["cache_hits"] += sum(k in self.cache for k in keys)
     todo: dict[str, tuple[str, str, str]] = {}
     for key, it in zip(keys, items):
       if key not in self.cache and key not in todo:
@@ -529,7 +574,27 @@ class LLMJudge:
     swapped = [(t, b, a) for t, a, b in items]
     q = self.ordered_scores(list(items) + swapped)
     n = len(items)
-    return apply_tie_band(0.5 * (q[:n] + 1.0 - q[n:]), self.tie_band)
+    p = apply_tie_band(0.5 * (q[:n] + 1.0 - q[n:]), self.tie_band)
+    self._stats["pairs"] += n
+    self._stats["margin_sum"] += float(np.abs(p.astype(np.float64) - .5).sum())
+    return p
+
+  def take_stats(self) -> dict[str, float]:
+    """What was judged since the last call (`STAT_NAMES`), counting anew."""
+    s, self._stats = self._stats, _zero_stats()
+    return _finish_stats(s)
+
+  def cache_state(self) -> list[list[Any]]:
+    """The cache as JSON-able `[key, q]` pairs, oldest first (a checkpoint's
+    extra dict holds it, so a resumed run reads the scores the uninterrupted
+    one would)."""
+    return [[k, v] for k, v in self.cache.items()]
+
+  def load_cache(self, entries: Sequence[Sequence[Any]]) -> None:
+    """Replaces the cache by `cache_state()`'s output (floats round-trip
+    JSON exactly)."""
+    self.cache = collections.OrderedDict(
+        (str(k), float(v)) for k, v in entries)
 
   def groups(self, groups: Sequence[Group]) -> list[np.ndarray]:
     """`[G, G]` P of each (task, verdicts, transcripts) group, every pair of
@@ -574,6 +639,20 @@ class HybridJudge:
   def __init__(self, llm: Any, verifier: VerifierRankJudge | None = None):
     self.llm = llm
     self.verifier = verifier or VerifierRankJudge()
+    self._decided = 0
+
+  def take_stats(self) -> dict[str, float]:
+    """The LLM judge's stats (`LLMJudge.take_stats`, over the ties it was
+    given) and `verifier_pairs`, the pairs the verifier decided."""
+    out = {**take_stats(self.llm), "verifier_pairs": float(self._decided)}
+    self._decided = 0
+    return out
+
+  def cache_state(self) -> list[list[Any]]:
+    return self.llm.cache_state()
+
+  def load_cache(self, entries: Sequence[Sequence[Any]]) -> None:
+    self.llm.load_cache(entries)
 
   def groups(self, groups: Sequence[Group]) -> list[np.ndarray]:
     """`[G, G]` P of each group; only the verifier's ties reach the LLM, all
@@ -585,6 +664,8 @@ class HybridJudge:
         if p[i, j] == 0.5:
           items.append((_task_prompt(task), transcripts[i], transcripts[j]))
           where.append((b, i, j))
+        else:
+          self._decided += 1
     uppers = [p.copy() for p in ranks]
     for (b, i, j), value in zip(where, self.llm.pair_preferences(items)):
       uppers[b][i, j] = value

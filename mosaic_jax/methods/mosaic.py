@@ -18,6 +18,7 @@ RL steps are numbered after SFT's: S+1..S+R.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Mapping
 
@@ -28,13 +29,15 @@ import numpy as np
 from mosaic_jax import batches as batches_lib, distributed
 from mosaic_jax import judge as judge_lib, rewards, sharding
 from mosaic_jax.eval import heldout
-from mosaic_jax.models import decoder
+from mosaic_jax.models import convert, decoder
 from mosaic_jax.rollout import ModelPolicy, Rollout, rollout
 from mosaic_jax.train import faults, pg, run as run_lib
 from mosaic_jax.train import state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
 
 PHASE = "rl"
+# The checkpoint's extra-dict key of the LLM judge's cache.
+JUDGE_CACHE_KEY = "judge_cache"
 
 
 def rl_optimizer(config: ml_collections.ConfigDict,
@@ -64,12 +67,29 @@ def rl_batch(out: Rollout, advantages: np.ndarray, mesh: jax.sharding.Mesh
           np.asarray(advantages).reshape(-1), mesh))
 
 
+def load_judge_model(path: str, mesh: jax.sharding.Mesh | None
+                     ) -> decoder.Decoder:
+  """The judge checkpoint at `path` (HF safetensors or orbax model dir:
+  each parameter loaded straight into its place on `mesh`; a training
+  checkpoint: restored, then placed), sharded by the policy's rules."""
+  # pylint: disable-next=import-outside-toplevel
+  from mosaic_jax.train import checkpoint
+  step_dir = checkpoint.training_step_dir(os.path.abspath(path))
+  if step_dir is None:
+    return convert.load_model(path, mesh=mesh)
+  model = checkpoint.restore_model(step_dir)
+  return model if mesh is None else sharding.shard_params(model, mesh)
+
+
 def make_judge(config: ml_collections.ConfigDict,
-               reference: decoder.Decoder, tokenizer: Any) -> Any:
+               reference: decoder.Decoder, tokenizer: Any,
+               mesh: jax.sharding.Mesh | None = None) -> Any:
   """The judge of the `judge` section (`judge.JudgeConfig`, with the
   deprecated `rl.judge` mapped): "verifier_rank", or "llm"/"hybrid" with the
-  model at `judge.model_path` and its own tokenizer, else the frozen
-  reference policy with the policy's tokenizer."""
+  model at `judge.model_path` (`load_judge_model`, on `mesh`) and its own
+  tokenizer, else the frozen reference policy (placed on the run's mesh
+  already) with the policy's tokenizer. With a `mesh` every judge forward's
+  rows are sharded over its batch axes."""
   cfg = judge_lib.JudgeConfig.from_config(config)
   if cfg.kind == "verifier_rank":
     return judge_lib.make_judge(cfg.kind)
@@ -77,10 +97,10 @@ def make_judge(config: ml_collections.ConfigDict,
   if cfg.model_path:
     # pylint: disable-next=import-outside-toplevel
     from mosaic_jax.eval import harness
-    model = harness.load_model(cfg.model_path)
+    model = load_judge_model(cfg.model_path, mesh)
     tokenizer = harness.load_tokenizer(cfg.model_path)
   return judge_lib.make_judge(cfg.kind, model=model, tokenizer=tokenizer,
-                              **cfg.llm_kwargs())
+                              mesh=mesh, **cfg.llm_kwargs())
 
 
 def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
@@ -95,7 +115,13 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
   pg_cfg = pg.pg_config(c)
   pg_step = steps_lib.make_pg_step(
       pg_cfg, state_lib.learning_rate_schedule(rl_optimizer(c, c.rl.steps)))
-  judge = make_judge(c, reference, r.tokenizer)
+  judge = make_judge(c, reference, r.tokenizer, r.mesh)
+  cached = hasattr(judge, "cache_state")
+  if cached and extra.get("phase") == PHASE:
+    # The cache as the uninterrupted run had it at this step (a rescored
+    # pair could land in a forward of another row count, and so differ in
+    # its last bits): a resumed run equals it exactly.
+    judge.load_cache(extra.get(JUDGE_CACHE_KEY, []))
   step, last_eval = int(state.step), None
   if step < total:
     r.progress.phase("RL", c.rl.steps, initial=step - c.sft.steps)
@@ -110,19 +136,22 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
     faults.fault_point("rollout", step + 1)
     components = rewards.reward_components(out, judge, c.rl)
     step_rewards = rewards.total_reward(components, c.rl.reward)
+    judged = {f"judge/{k}": v for k, v in judge_lib.take_stats(judge).items()}
     adv, signal = rewards.task_advantages(components, c.rl)
     state, metrics, entropy = pg.pg_update(
         state, rl_batch(out, adv, r.mesh), reference, pg_step, pg_cfg,
         c.rl.kl_beta)
     step += 1
     faults.fault_point("update", step)
-    r.log_step(PHASE, step, pg.step_metrics(
+    r.log_step(PHASE, step, {**pg.step_metrics(
         metrics, entropy, out, components, step_rewards, signal, adv),
+                             **judged},
                {"rollout_s": rollout_s,
                 "step_s": time.perf_counter() - start},
                [t.task_id for t in tasks])
     last_eval = r.evaluation.after_step(state.model(), step)
-    r.save(state, PHASE, it, force=step == total)
+    r.save(state, PHASE, it, force=step == total,
+           extra={JUDGE_CACHE_KEY: judge.cache_state()} if cached else None)
   return state, last_eval
 
 

@@ -340,11 +340,13 @@ class Run:
                          PHASES.index(phase), saved)
 
   def save(self, state: state_lib.TrainState, phase: str, it: Any,
-           force: bool = False) -> None:
+           force: bool = False,
+           extra: Mapping[str, Any] | None = None) -> None:
     """The end of a step of `phase`: `hooks.Checkpoints.save` with the
-    phase and the task iterator's position."""
-    self.checkpoints.save(state, {"phase": phase, "data": it.get_state()},
-                          force=force)
+    phase, the task iterator's position and the phase's own JSON-able
+    `extra` (e.g. the LLM judge's cache)."""
+    self.checkpoints.save(state, {**(extra or {}), "phase": phase,
+                                  "data": it.get_state()}, force=force)
 
   def write_json(self, name: str, value: Any) -> None:
     """Writes `workdir/name` whole or not at all (a temporary file renamed:

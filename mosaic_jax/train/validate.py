@@ -56,7 +56,7 @@ FREE_FORM = ("sft.mix",)
 STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
 REWARDS = tuple(rewards.MOSAIC_COMPARISONS)
 DTYPES = ("float32", "bfloat16", "float16")
-METHODS = ("mosaic", "fate")
+METHODS = ("mosaic", "fate", "judge")
 # A preset this large is never randomly initialised by accident: without
 # model.path it needs model.random_init=True.
 FULL_SIZE_PARAMS = 1e9
