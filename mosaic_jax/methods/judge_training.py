@@ -43,6 +43,7 @@ from mosaic_jax.models import convert
 from mosaic_jax.rollout import RolloutConfig, ScriptedPolicy, rollout
 from mosaic_jax.train import metrics as metrics_lib, run as run_lib
 from mosaic_jax.train import state as state_lib, steps as steps_lib
+from mosaic_jax.train import progress
 from mosaic_jax.train import validate
 
 REPORT_FILE = "judge_report.json"
@@ -355,8 +356,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   step_fn = steps_lib.make_sft_step(
       steps_lib.SFTConfig(microbatch=cfg.microbatch),
       state_lib.learning_rate_schedule(opt))
-  writer = metrics_lib.MetricsWriter.from_config(workdir, config,
-                                                 total_steps=cfg.steps)
+  writer = metrics_lib.MetricsWriter.from_config(workdir, config)
+  bars = progress.Progress()
+  bars.phase("judge SFT", cfg.steps)
   rng = np.random.default_rng(config.seed)
   order: list[int] = []
   losses = []
@@ -372,7 +374,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       losses.append(metrics["loss"])
       writer.write(step, metrics, PHASE + "/")
+      bars.step(metrics)
   finally:
+    bars.close()
     writer.close()
   trained = state.model()
   after = evaluate(_judge(trained, tokenizer, jc, mesh), eval_pairs,
