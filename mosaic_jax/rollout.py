@@ -706,26 +706,3 @@ def turn_texts(traj: Trajectories, i: int, tokenizer: Any) -> list[str]:
   return [tokenizer.decode(tokens[s:e].tolist(), skip_special_tokens=False)
           for s, e in zip(starts[:int(traj.num_turns[i])],
                           ends[:int(traj.num_turns[i])])]
-
-
-def transcript(traj: Trajectories, i: int, tokenizer: Any) -> str:
-  """Row i as readable text: runs of equal loss mask, each under a header
-  that says whether the loss trains on it, with token counts and the mean
-  sampler log-prob of generated runs."""
-  length = int(traj.lengths[i])
-  tokens = np.asarray(traj.tokens[i, :length])
-  mask = np.asarray(traj.loss_mask[i, :length])
-  logp = np.asarray(traj.logprobs[i, :length])
-  bounds = np.flatnonzero(np.diff(mask)) + 1
-  parts = [f"== row {i}: {length} tokens, {int(mask.sum())} trained, "
-           f"z={np.asarray(traj.z[i]).tolist()} =="]
-  for start, end in zip(np.r_[0, bounds], np.r_[bounds, length]):
-    text = tokenizer.decode(tokens[start:end].tolist(),
-                            skip_special_tokens=False)
-    if mask[start]:
-      header = (f"--- generated [loss] {end - start} tokens, mean logp "
-                f"{logp[start:end].mean():.3f} ---")
-    else:
-      header = f"--- context [masked] {end - start} tokens ---"
-    parts += [header, text]
-  return "\n".join(parts)

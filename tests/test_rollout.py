@@ -18,7 +18,7 @@ from mosaic_jax import models, rollout, sampling, sharding
 from mosaic_jax.agent import protocol, tokenizer as tokenizer_lib
 from mosaic_jax.agent.actions import Answer, InvalidAction, ParsedTurn
 from mosaic_jax.envs import agentdojo as ad
-from mosaic_jax.envs import scripted, tasks
+from mosaic_jax.envs import scripted, tasks, transcripts
 from mosaic_jax.envs.base import Environment, StepResult, Task, tool
 from mosaic_jax.models import presets
 from mosaic_jax.text_policy import ModelTextPolicy
@@ -266,7 +266,7 @@ def test_same_seed_same_trajectories(random_rollout, tiny_model, tok):
 
 def test_transcript_shows_masks(random_rollout, tok):
   traj = random_rollout.trajectories
-  text = rollout.transcript(traj, 0, tok)
+  text = transcripts.token_transcript(traj, 0, tok)
   assert text.count("--- generated [loss]") == int(traj.num_turns[0])
   assert "--- context [masked]" in text and "Write note number 0." in text
 

@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from mosaic_jax import rewards, rollout
+from mosaic_jax import rollout
+from mosaic_jax.agent.actions import Answer, ParsedTurn, ToolCall
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks, transcripts
-from mosaic_jax.methods import fate
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "transcript_text.json"
 CONFIG = rollout.RolloutConfig(max_turns=8, max_tokens_per_turn=144,
@@ -52,14 +52,14 @@ def render() -> dict[str, str]:
         rollout.ScriptedPolicy(scripted.POLICIES[policy](), tok), [task],
         tok, CONFIG)
     info = result.episodes[0]
-    out[f"judge/{key}"] = rewards.episode_transcript(info)
-    out[f"tokens/{key}"] = rollout.transcript(
+    out[f"judge/{key}"] = transcripts.episode_transcript(info)
+    out[f"tokens/{key}"] = transcripts.token_transcript(
         result.trajectories, 0, tok)
     count = lambda s: len(tok.encode(s, add_special_tokens=False))
     for budget in BUDGETS:
       for chars in (400, 12):
         out[f"compact/{key}/{budget}/{chars}"] = (
-            fate.compact_transcript(
+            transcripts.compact_transcript(
                 info.record.turns, info.observations, count, budget,
                 observation_chars=chars))
     if policy != "malformed":  # its invalid turns have no message form
@@ -71,7 +71,7 @@ def render() -> dict[str, str]:
   n = int(traj.lengths[0])
   logp = np.where(np.asarray(traj.loss_mask) == 1,
                   -np.linspace(0.1, 3.0, traj.tokens.shape[1]), 0.0)
-  out["tokens/logprobs"] = rollout.transcript(
+  out["tokens/logprobs"] = transcripts.token_transcript(
       traj.replace(logprobs=logp.astype(np.float32)), 0, tok)
   assert n > 0
   return out
@@ -97,6 +97,27 @@ def test_renderers_write_the_pinned_bytes(rendered):
   assert sorted(rendered) == sorted(want)
   for key in want:
     assert rendered[key] == want[key], key
+
+
+def test_compact_transcript_drops_early_steps_to_fit_the_budget():
+  turns = [ParsedTurn(ToolCall("list_files", {})),
+           ParsedTurn(ToolCall("read_file", {"file_id": "f1"})),
+           ParsedTurn(Answer("done"))]
+  observations = ["a" * 50, "b" * 10, "The answer was recorded."]
+  full = transcripts.compact_transcript(
+      turns, observations, len, 10_000, observation_chars=20)
+  assert full == ("1. called list_files({})\n   result: " + "a" * 20 + "...\n"
+                  '2. called read_file({"file_id": "f1"})\n   result: '
+                  + "b" * 10 + "\n3. answered: done")
+  # Characters as tokens: only the last two steps fit in 120.
+  cut = transcripts.compact_transcript(
+      turns, observations, len, 120, observation_chars=20)
+  assert cut == ("[... 1 earlier step(s) omitted ...]\n"
+                 '2. called read_file({"file_id": "f1"})\n   result: '
+                 + "b" * 10 + "\n3. answered: done")
+  assert len(transcripts.compact_transcript(turns, observations, len,
+                                           30)) == 30
+
 
 
 if __name__ == "__main__":
