@@ -216,7 +216,7 @@ def test_checkpoint_holds_adapters_only_and_resumes(trained, tmp_path):
   assert restored.frozen is template.frozen
   # Evaluating it alone says why it cannot, in one line.
   with pytest.raises(ValueError, match="LoRA training checkpoint"):
-    harness.load_model(str(tmp_path / "ckpt"), preset="tiny")
+    convert.load_model(str(tmp_path / "ckpt"), preset="tiny")
   # A full fine-tuning checkpoint is told apart from an adapter one.
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
   with pytest.raises(checkpoint.IncompatibleCheckpoint, match="absent"):

@@ -28,7 +28,7 @@ import numpy as np
 from mosaic_jax import batches as batches_lib, distributed
 from mosaic_jax import judge as judge_lib, rewards, sharding
 from mosaic_jax.eval import heldout
-from mosaic_jax.models import decoder
+from mosaic_jax.models import convert, decoder
 from mosaic_jax.rollout import ModelPolicy, Rollout, rollout
 from mosaic_jax.train import faults, pg, run as run_lib
 from mosaic_jax.train import state as state_lib, steps as steps_lib
@@ -77,7 +77,7 @@ def make_judge(config: ml_collections.ConfigDict,
   if cfg.model_path:
     # pylint: disable-next=import-outside-toplevel
     from mosaic_jax.eval import harness
-    model = harness.load_model(cfg.model_path)
+    model = convert.load_model(cfg.model_path)
     tokenizer = harness.load_tokenizer(cfg.model_path)
   return judge_lib.make_judge(cfg.kind, model=model, tokenizer=tokenizer,
                               **cfg.llm_kwargs())
