@@ -294,8 +294,13 @@ def test_config_section_and_buckets():
   # The group size lives in the rl section only.
   assert config.group_size == 8
   assert config.strategy_object() == sampling.Temperature(0.7)
-  with pytest.raises(ValueError, match="unknown sampling strategy"):
-    dataclasses.replace(config, strategy="beam").strategy_object()
+  # The config refuses an unknown strategy when it is built (the message of
+  # the config check, `RolloutConfig.field_problems`).
+  with pytest.raises(ValueError, match="rollout.strategy: 'beam' is not one"):
+    dataclasses.replace(config, strategy="beam")
+  with pytest.raises(ValueError, match="max_tokens_per_turn exceeds"):
+    dataclasses.replace(config, max_tokens_per_turn=config.max_total_length
+                        + 1)
   small = dataclasses.replace(config, max_total_length=512)
   assert [rollout.bucket(n, small) for n in (1, 16, 17, 200, 300, 512)] == [
       16, 16, 32, 256, 512, 512]

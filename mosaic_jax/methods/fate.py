@@ -129,15 +129,23 @@ inside tool results, keep private data private, and end with a final answer \
 or a refusal."""
 
 
+def choice_problem(field: str, value: Any, allowed: Sequence[str]
+                   ) -> str | None:
+  """The line naming `field` unless `value` is one of `allowed`, else None."""
+  if value in allowed:
+    return None
+  return f"unknown {field} {value!r}; expected one of {tuple(allowed)}"
+
+
 def check_choice(field: str, value: Any, allowed: Sequence[str]) -> None:
   """Raises ValueError naming `field` unless `value` is one of `allowed`."""
-  if value not in allowed:
-    raise ValueError(f"unknown {field} {value!r}; expected one of "
-                     f"{tuple(allowed)}")
+  problem = choice_problem(field, value, allowed)
+  if problem:
+    raise ValueError(problem)
 
 
 @dataclasses.dataclass(frozen=True)
-class FateConfig:
+class FateConfig(sections.Section):
   """FATE settings (`from_config` reads `config.fate`).
 
   Attributes:
@@ -184,15 +192,16 @@ class FateConfig:
   first_front_only: bool = False
   oracle_hints: bool = False
 
-  def __post_init__(self):
-    check_choice("fate.conditioning", self.conditioning, CONDITIONINGS)
-    check_choice("fate.reward", self.reward, REWARDS)
-    check_choice("fate.improvement", self.improvement, IMPROVEMENTS)
+  SECTION = "fate"
 
   @classmethod
-  def from_config(cls, section: Mapping[str, Any] | Any) -> FateConfig:
-    """From a config section with these field names (others ignored)."""
-    return sections.from_section(cls, section)
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
+    """Known conditioning, reward and improvement rule."""
+    found = [choice_problem(f"fate.{name}", values[name], allowed)
+             for name, allowed in (("conditioning", CONDITIONINGS),
+                                   ("reward", REWARDS),
+                                   ("improvement", IMPROVEMENTS))]
+    return [p for p in found if p]
 
 
 # --------------------------------------------------------------- scoring --
