@@ -368,10 +368,12 @@ def save_orbax(model: decoder_lib.Decoder, path: str, tokenizer=None) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load_orbax(path: str, *, dtype=None, mesh: Mesh | None = None,
-               rules=sharding_lib.DEFAULT_RULES, **config_overrides
-               ) -> decoder_lib.Decoder:
-  """Restores a model written by `save_orbax` (sharded onto `mesh` if given)."""
+def load_orbax(path: str, *, dtype=None, compute_dtype=None,
+               mesh: Mesh | None = None, rules=sharding_lib.DEFAULT_RULES,
+               **config_overrides) -> decoder_lib.Decoder:
+  """Restores a model written by `save_orbax` (sharded onto `mesh` if given)
+  with its saved dtypes, or parameters (and activations) in `dtype`, and
+  activations in `compute_dtype` if given."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
   params_dir = os.path.join(path, ORBAX_PARAMS)
@@ -380,6 +382,8 @@ def load_orbax(path: str, *, dtype=None, mesh: Mesh | None = None,
   cfg = ModelConfig.from_hf(path, **config_overrides)
   if dtype is not None:
     cfg = cfg.replace(param_dtype=dtype_name(dtype), dtype=dtype_name(dtype))
+  if compute_dtype is not None:
+    cfg = cfg.replace(dtype=dtype_name(compute_dtype))
   graphdef, abstract = nnx.split(decoder_lib.abstract_model(cfg))
 
   def target(var_path, var):
@@ -537,10 +541,8 @@ def load_model(path: str, *, dtype=None, compute_dtype=None,
   path = hub.resolve(path)
   check_model_dir(path)
   if os.path.isdir(os.path.join(os.fspath(path), ORBAX_PARAMS)):
-    if compute_dtype is not None:
-      config_overrides["dtype"] = dtype_name(compute_dtype)
-    return load_orbax(path, dtype=dtype, mesh=mesh, rules=rules,
-                      **config_overrides)
+    return load_orbax(path, dtype=dtype, compute_dtype=compute_dtype,
+                      mesh=mesh, rules=rules, **config_overrides)
   return from_pretrained(path, dtype=jnp.float32 if dtype is None else dtype,
                          mesh=mesh, compute_dtype=compute_dtype, rules=rules,
                          **config_overrides)
