@@ -24,10 +24,10 @@ from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks
 from mosaic_jax.eval import harness
 from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
-from mosaic_jax import rewards
+from mosaic_jax import rewards, sections
 from mosaic_jax.eval import heldout
 from mosaic_jax.methods import mosaic
-from mosaic_jax.train import checkpoint, faults, run as run_lib, validate
+from mosaic_jax.train import checkpoint, faults, run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_STEPS, RL_STEPS, EVERY = 2, 3, 2
@@ -267,8 +267,9 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path):
 def test_loop_stops_after_non_finite_updates_in_a_row(assets, tmp_path,
                                                       capsys, monkeypatch):
   # An infinite learning rate turns every SFT update non-finite. The config
-  # checks refuse one (validate.start_problems), so this test lifts them.
-  monkeypatch.setattr(validate, "_finite", lambda *args, **kwargs: None)
+  # checks refuse one (validate.start_problems, OptimizerConfig's own
+  # check), so this test lifts them.
+  monkeypatch.setattr(sections, "finite", lambda *args, **kwargs: None)
   config = _config(*assets, str(tmp_path / "run"))
   config.sft.update(lr=float("inf"), steps=4)
   config.checkpoint.every = 1
