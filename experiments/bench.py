@@ -211,7 +211,7 @@ def _sampler_models(directory: str):
   # sdpa: transformers' fastest CPU attention, so the baseline is its best.
   hf = transformers.Qwen3ForCausalLM.from_pretrained(
       directory, attn_implementation="sdpa").eval()
-  return hf, models.from_pretrained(directory)
+  return hf, models.load_model(directory)
 
 
 def bench_sampler() -> dict[str, object]:

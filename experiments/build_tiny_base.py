@@ -53,7 +53,7 @@ def main(argv):
                          "--config.model.path=<the scratch stage's --out>")
   start = time.perf_counter()
   report = mosaic.run(config)
-  model = convert.load_orbax(os.path.join(config.workdir,
+  model = convert.load_model(os.path.join(config.workdir,
                                           run_lib.REFERENCE_DIR))
   convert.save_pretrained(model, _OUT.value,
                           tokenizer=run_lib.build_tokenizer(config))

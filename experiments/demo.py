@@ -42,9 +42,9 @@ def demo_tokenizer(cfg):
 def build_model(cfg):
   """The configured model: an HF checkpoint, or the preset randomly initialised."""
   if cfg.model.path:
-    return models.from_pretrained(cfg.model.path, dtype=cfg.model.dtype,
-                                  compute_dtype=cfg.model.compute_dtype,
-                                  remat=cfg.model.remat)
+    return models.load_model(cfg.model.path, dtype=cfg.model.dtype,
+                             compute_dtype=cfg.model.compute_dtype,
+                             remat=cfg.model.remat)
   preset = presets.PRESETS[cfg.model.preset].replace(
       param_dtype=cfg.model.dtype, dtype=cfg.model.compute_dtype, remat=cfg.model.remat)
   return models.init_model(preset, seed=cfg.seed)
@@ -64,8 +64,8 @@ def main(argv):
         f"(incl. compile); next-token argmax: {np.asarray(logits[0].argmax(-1)).tolist()}")
   out = _OUT.value
   models.save_pretrained(model, out, tokenizer=demo_tokenizer(cfg))
-  reloaded = models.from_pretrained(out, dtype=cfg.model.dtype,
-                                    compute_dtype=cfg.model.compute_dtype)
+  reloaded = models.load_model(out, dtype=cfg.model.dtype,
+                               compute_dtype=cfg.model.compute_dtype)
   same = np.array_equal(np.asarray(forward(reloaded, tokens)), np.asarray(logits))
   print(f"saved to {out} (with its tokenizer); reloaded logits identical: {same}")
   if not same:

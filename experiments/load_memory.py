@@ -4,9 +4,9 @@
 ~200 MB random fp32 checkpoint, then loads it in a fresh process per mode, each
 with 8 simulated CPU devices, and reports peak RSS:
 
-- `mesh`: `from_pretrained(path, mesh=(1, 8, 1))`, each shard read straight
+- `mesh`: `load_model(path, mesh=(1, 8, 1))`, each shard read straight
   from the memory-mapped file into its device buffer;
-- `no_mesh`: `from_pretrained(path)` onto one device;
+- `no_mesh`: `load_model(path)` onto one device;
 - `load_then_shard`: the naive path, load whole then `shard_params`.
 
 On a CPU the devices' buffers are host memory, so every mode ends holding the
@@ -64,11 +64,11 @@ def measure(path: str, mode: str) -> None:
   sampler = threading.Thread(target=sample)
   sampler.start()
   if mode == "mesh":
-    model = models.from_pretrained(path, mesh=mesh)
+    model = models.load_model(path, mesh=mesh)
   elif mode == "no_mesh":
-    model = models.from_pretrained(path)
+    model = models.load_model(path)
   else:
-    model = sharding.shard_params(models.from_pretrained(path), mesh)
+    model = sharding.shard_params(models.load_model(path), mesh)
   jax.block_until_ready(nnx.state(model))
   done.set()
   sampler.join()

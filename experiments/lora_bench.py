@@ -57,7 +57,7 @@ def main() -> None:
   step = steps.make_sft_step(steps.SFTConfig(chunk_size=128))
   states = {}
   for name, rank in (("full", 0), ("lora", args.rank)):
-    model = convert.from_pretrained(args.model, dtype=jnp.float32)
+    model = convert.load_model(args.model, dtype=jnp.float32)
     model = lora.apply(model, lora.LoRAConfig(rank=rank, alpha=2.0 * rank))
     states[name] = state_lib.create_train_state(model, opt)
   batch = _batch(states["full"].model().cfg.vocab_size, args.batch,

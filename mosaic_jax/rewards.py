@@ -28,6 +28,7 @@ import numpy as np
 
 from mosaic_jax import judge as judge_lib, losses, pareto
 from mosaic_jax.agent.actions import InvalidAction
+from mosaic_jax.envs.transcripts import episode_transcript
 from mosaic_jax.rollout import EpisodeInfo, Rollout
 
 def format_bonus(info: EpisodeInfo, *, think_bonus: float,
@@ -43,16 +44,6 @@ def format_bonus(info: EpisodeInfo, *, think_bonus: float,
   valid = (info.end_reason == "terminal"
            and not any(isinstance(t.action, InvalidAction) for t in turns))
   return think_bonus * planned + valid_bonus * valid
-
-
-def episode_transcript(info: EpisodeInfo) -> str:
-  """One episode as judge-readable text: each turn and the tool's reply."""
-  parts = []
-  for k, text in enumerate(info.texts):
-    parts.append(f"[assistant]\n{text}")
-    if k < len(info.observations):
-      parts.append(f"[tool]\n{info.observations[k]}")
-  return "\n".join(parts)
 
 
 def generated_lengths(out: Rollout) -> np.ndarray:

@@ -79,7 +79,7 @@ END_REASONS = ("terminal", "max_turns", "max_tokens_per_turn",
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig:
+class RolloutConfig(sections.Section):
   """Limits and sampling of a rollout (hashable; `from_config` reads c.rollout).
 
   Attributes:
@@ -107,10 +107,22 @@ class RolloutConfig:
   stop_strings: tuple[str, ...] = ()
   min_bucket: int = 16
 
+  SECTION = "rollout"
+  STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
+
   @classmethod
-  def from_config(cls, section: Mapping[str, Any] | Any) -> RolloutConfig:
-    """From a config section (ConfigDict or mapping) with these field names."""
-    return sections.from_section(cls, section)
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
+    """Positive limits, a turn that fits an episode, a known strategy."""
+    p: list[str] = []
+    for name in ("max_turns", "max_tokens_per_turn", "max_total_length"):
+      sections.at_least(p, f"rollout.{name}", values[name], 1)
+    per_turn, total = values["max_tokens_per_turn"], values["max_total_length"]
+    if (isinstance(total, int) and isinstance(per_turn, int)
+        and per_turn > total):
+      p.append("rollout.max_tokens_per_turn exceeds rollout.max_total_length;"
+               " lower it or raise max_total_length")
+    sections.choice(p, "rollout.strategy", values["strategy"], cls.STRATEGIES)
+    return p
 
   def strategy_object(self) -> sampling.Strategy:
     """The sampler strategy these fields name."""
@@ -706,26 +718,3 @@ def turn_texts(traj: Trajectories, i: int, tokenizer: Any) -> list[str]:
   return [tokenizer.decode(tokens[s:e].tolist(), skip_special_tokens=False)
           for s, e in zip(starts[:int(traj.num_turns[i])],
                           ends[:int(traj.num_turns[i])])]
-
-
-def transcript(traj: Trajectories, i: int, tokenizer: Any) -> str:
-  """Row i as readable text: runs of equal loss mask, each under a header
-  that says whether the loss trains on it, with token counts and the mean
-  sampler log-prob of generated runs."""
-  length = int(traj.lengths[i])
-  tokens = np.asarray(traj.tokens[i, :length])
-  mask = np.asarray(traj.loss_mask[i, :length])
-  logp = np.asarray(traj.logprobs[i, :length])
-  bounds = np.flatnonzero(np.diff(mask)) + 1
-  parts = [f"== row {i}: {length} tokens, {int(mask.sum())} trained, "
-           f"z={np.asarray(traj.z[i]).tolist()} =="]
-  for start, end in zip(np.r_[0, bounds], np.r_[bounds, length]):
-    text = tokenizer.decode(tokens[start:end].tolist(),
-                            skip_special_tokens=False)
-    if mask[start]:
-      header = (f"--- generated [loss] {end - start} tokens, mean logp "
-                f"{logp[start:end].mean():.3f} ---")
-    else:
-      header = f"--- context [masked] {end - start} tokens ---"
-    parts += [header, text]
-  return "\n".join(parts)

@@ -251,6 +251,20 @@ def test_empty_model_dir_fails_before_the_tokenizer(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_load_model_names_a_path_that_is_no_model(tmp_path):
+  # The one loader (training, evaluation, the judge): a directory that is
+  # neither HF, orbax nor a training checkpoint, and a path that is absent.
+  notes = tmp_path / "notes"
+  os.makedirs(notes)
+  (notes / "readme.txt").write_text("not a model")
+  for path, found in ((notes, "readme.txt"), (tmp_path / "absent", "nothing")):
+    with pytest.raises(ModelFileError) as e:
+      convert.load_model(str(path))
+    assert _one_line(e.value) == (
+        f"{path}: no config.json (found: {found}); expected an HF "
+        "safetensors or orbax model directory")
+
+
 # ---------------------------------------------------------------- configs --
 
 

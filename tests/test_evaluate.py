@@ -338,12 +338,12 @@ def test_checkpoint_formats_load_the_same_params(tiny_dirs):
   for path, preset in ((root / "hf", ""), (root / "orbax", ""),
                        (root / "run" / "checkpoints", "tiny"),
                        (root / "run" / "checkpoints" / "0", "tiny")):
-    got = _params(harness.load_model(str(path), preset=preset))
+    got = _params(convert.load_model(str(path), preset=preset))
     assert all(np.array_equal(a, b) for a, b in zip(want, got)), path
   with pytest.raises(FileNotFoundError, match="model_preset"):
-    harness.load_model(str(root / "run" / "checkpoints"))
+    convert.load_model(str(root / "run" / "checkpoints"))
   # A training workdir: its newest checkpoint, recorded in the report meta.
-  got = _params(harness.load_model(str(root / "run"), preset="tiny"))
+  got = _params(convert.load_model(str(root / "run"), preset="tiny"))
   assert all(np.array_equal(a, b) for a, b in zip(want, got))
   config = importlib.import_module("configs.eval.builtin").get_config()
   config.update(checkpoint=str(root / "run"), model_preset="tiny")

@@ -15,7 +15,7 @@ from mosaic_jax.methods import fate
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
-from mosaic_jax.envs import scripted, tasks, verifiers
+from mosaic_jax.envs import scripted, tasks, transcripts, verifiers
 from mosaic_jax.models import init_model, presets
 from mosaic_jax.train import state as state_lib
 from mosaic_jax.train import steps
@@ -130,25 +130,6 @@ def test_feedback_lines_name_each_failed_objective_and_why():
   assert fate.feedback_lines(harmful, np.ones(4), {}) == []
 
 
-def test_compact_transcript_drops_early_steps_to_fit_the_budget():
-  turns = [ParsedTurn(ToolCall("list_files", {})),
-           ParsedTurn(ToolCall("read_file", {"file_id": "f1"})),
-           ParsedTurn(Answer("done"))]
-  observations = ["a" * 50, "b" * 10, "The answer was recorded."]
-  full = fate.compact_transcript(turns, observations, len, 10_000,
-                                 observation_chars=20)
-  assert full == ("1. called list_files({})\n   result: " + "a" * 20 + "...\n"
-                  '2. called read_file({"file_id": "f1"})\n   result: '
-                  + "b" * 10 + "\n3. answered: done")
-  # Characters as tokens: only the last two steps fit in 120.
-  cut = fate.compact_transcript(turns, observations, len, 120,
-                                observation_chars=20)
-  assert cut == ("[... 1 earlier step(s) omitted ...]\n"
-                 '2. called read_file({"file_id": "f1"})\n   result: '
-                 + "b" * 10 + "\n3. answered: done")
-  assert len(fate.compact_transcript(turns, observations, len, 30)) == 30
-
-
 # --------------------------------------------------------------- round --
 
 
@@ -234,8 +215,8 @@ def test_default_repair_prompt_holds_z_and_reasons_but_no_oracle_hint(tok):
   turns = [t for t, _ in history]
   verdict = verifiers.verify(task, env, turns, 16)
   assert verdict.z[1] == 0
-  transcript = fate.compact_transcript(turns, [o for _, o in history], len,
-                                       10_000)
+  transcript = transcripts.compact_transcript(
+      turns, [o for _, o in history], len, 10_000)
 
   def prompt(hints):
     return fate.repair_prompt(task.prompt, transcript, fate.feedback_lines(

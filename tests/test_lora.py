@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import base
 from mosaic_jax import batches
 from mosaic_jax import sharding
-from mosaic_jax.eval import harness
 from mosaic_jax.models import convert, init_model, lora, presets
 from mosaic_jax.models.decoder import KVCache
 from mosaic_jax.train import checkpoint, validate
@@ -216,7 +216,7 @@ def test_checkpoint_holds_adapters_only_and_resumes(trained, tmp_path):
   assert restored.frozen is template.frozen
   # Evaluating it alone says why it cannot, in one line.
   with pytest.raises(ValueError, match="LoRA training checkpoint"):
-    harness.load_model(str(tmp_path / "ckpt"), preset="tiny")
+    convert.load_model(str(tmp_path / "ckpt"), preset="tiny")
   # A full fine-tuning checkpoint is told apart from an adapter one.
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
   with pytest.raises(checkpoint.IncompatibleCheckpoint, match="absent"):
@@ -260,17 +260,24 @@ def _lora_section(**kw):
     (dict(targets="q"), "model.lora.targets"),
 ])
 def test_bad_lora_config_is_one_line(kw, field):
-  problems = validate.lora_problems(_lora_section(**kw))
+  problems = lora.LoRAConfig.section_problems(_lora_section(**kw))
   assert len(problems) == 1 and problems[0].startswith(field + ":")
   assert "\n" not in problems[0]
+  # The dataclass refuses the same values with the same line, and the
+  # config check reports it.
+  with pytest.raises(ValueError) as e:
+    lora.LoRAConfig.from_config(_lora_section(**kw))
+  assert str(e.value) == problems[0]
+  config = base.base_config("tiny")
+  config.model.lora = _lora_section(**kw)
+  assert problems[0] in validate.value_problems(config)
 
 
 def test_default_config_has_lora_off():
-  from configs import base  # pylint: disable=import-outside-toplevel
   section = base.base_config("tiny").model.lora
-  assert section.rank == 0 and not validate.lora_problems(section)
+  assert section.rank == 0 and not lora.LoRAConfig.section_problems(section)
   assert not lora.LoRAConfig.from_config(section).enabled
-  assert not validate.lora_problems(_lora_section())
+  assert not lora.LoRAConfig.section_problems(_lora_section())
   assert lora.LoRAConfig.from_config(_lora_section()).scale == 2.0
 
 

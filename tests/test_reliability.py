@@ -56,8 +56,13 @@ def test_non_finite_result_of_a_finite_gradient_is_not_applied(tmp_path):
   # An infinite learning rate: loss and gradient are finite, the updated
   # params are not. The step keeps the old params and says so.
   model = init_model(CFG, seed=0)
-  opt = state_lib.OptimizerConfig(lr=float("inf"), warmup_steps=0,
-                                  total_steps=10)
+  # The config refuses it (`OptimizerConfig.field_problems`), so the fault
+  # is set past that check, on purpose.
+  with pytest.raises(ValueError, match=r"^optimizer.lr: must be a finite "
+                     r"number > 0, got inf$"):
+    state_lib.OptimizerConfig(lr=float("inf"))
+  opt = state_lib.OptimizerConfig(lr=1.0, warmup_steps=0, total_steps=10)
+  object.__setattr__(opt, "lr", float("inf"))
   state = state_lib.create_train_state(model, opt, seed=0)
   before = jax.tree.map(np.asarray, state.params)
   rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from mosaic_jax import models, rollout, sampling, sharding
 from mosaic_jax.agent import protocol, tokenizer as tokenizer_lib
 from mosaic_jax.agent.actions import Answer, InvalidAction, ParsedTurn
 from mosaic_jax.envs import agentdojo as ad
-from mosaic_jax.envs import scripted, tasks
+from mosaic_jax.envs import scripted, tasks, transcripts
 from mosaic_jax.envs.base import Environment, StepResult, Task, tool
 from mosaic_jax.models import presets
 from mosaic_jax.text_policy import ModelTextPolicy
@@ -266,7 +266,7 @@ def test_same_seed_same_trajectories(random_rollout, tiny_model, tok):
 
 def test_transcript_shows_masks(random_rollout, tok):
   traj = random_rollout.trajectories
-  text = rollout.transcript(traj, 0, tok)
+  text = transcripts.token_transcript(traj, 0, tok)
   assert text.count("--- generated [loss]") == int(traj.num_turns[0])
   assert "--- context [masked]" in text and "Write note number 0." in text
 
@@ -294,8 +294,13 @@ def test_config_section_and_buckets():
   # The group size lives in the rl section only.
   assert config.group_size == 8
   assert config.strategy_object() == sampling.Temperature(0.7)
-  with pytest.raises(ValueError, match="unknown sampling strategy"):
-    dataclasses.replace(config, strategy="beam").strategy_object()
+  # The config refuses an unknown strategy when it is built (the message of
+  # the config check, `RolloutConfig.field_problems`).
+  with pytest.raises(ValueError, match="rollout.strategy: 'beam' is not one"):
+    dataclasses.replace(config, strategy="beam")
+  with pytest.raises(ValueError, match="max_tokens_per_turn exceeds"):
+    dataclasses.replace(config, max_tokens_per_turn=config.max_total_length
+                        + 1)
   small = dataclasses.replace(config, max_total_length=512)
   assert [rollout.bucket(n, small) for n in (1, 16, 17, 200, 300, 512)] == [
       16, 16, 32, 256, 512, 512]

@@ -25,10 +25,10 @@ from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks
 from mosaic_jax.eval import harness
 from mosaic_jax.models import ModelConfig, RopeConfig, convert, init_model
-from mosaic_jax import rewards
+from mosaic_jax import rewards, sections
 from mosaic_jax.eval import heldout
 from mosaic_jax.methods import mosaic
-from mosaic_jax.train import checkpoint, faults, run as run_lib, validate
+from mosaic_jax.train import checkpoint, faults, run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SFT_STEPS, RL_STEPS, EVERY = 2, 3, 2
@@ -287,8 +287,9 @@ def test_loop_writes_metrics_report_and_restores(assets, tmp_path, capsys):
 def test_loop_stops_after_non_finite_updates_in_a_row(assets, tmp_path,
                                                       capsys, monkeypatch):
   # An infinite learning rate turns every SFT update non-finite. The config
-  # checks refuse one (validate.start_problems), so this test lifts them.
-  monkeypatch.setattr(validate, "_finite", lambda *args, **kwargs: None)
+  # checks refuse one (validate.start_problems, OptimizerConfig's own
+  # check), so this test lifts them.
+  monkeypatch.setattr(sections, "finite", lambda *args, **kwargs: None)
   config = _config(*assets, str(tmp_path / "run"))
   config.sft.update(lr=float("inf"), steps=4)
   config.checkpoint.every = 1
@@ -506,3 +507,37 @@ def test_fate_killed_in_a_round_replays_it_from_the_restored_buffer(
   assert len(final["buffer"]["entries"]) > len(first_round["buffer"]["entries"])
   with open(os.path.join(workdir, run_lib.REPORT_FILE), encoding="utf-8") as f:
     assert json.load(f)["buffer_size"] == len(final["buffer"]["entries"])
+
+
+def test_fate_sigterm_inside_a_round_resumes_to_the_uninterrupted_run(
+    assets, cache_dir, tmp_path):
+  # One round of two PFPO-SFT updates and one PG update: SFT 1-2; the round
+  # mines, then 3 (SFT), 4 (SFT, inside the round on the interval:
+  # checkpoint.every = 2), 5 (PG, the round's end). SIGTERM lands in update
+  # 3, so the resumed run draws its second SFT batch from the restored
+  # sampler.
+  def command(workdir):
+    return _fate_command(*assets, workdir) + [
+        "--config.fate.rounds=1", "--config.fate.sft_steps=2"]
+  straight = str(tmp_path / "straight")
+  done = _run(command(straight), cache_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  inside = _extra(straight, 4)
+  assert (inside["round"], inside["round_step"]) == (0, 2)
+  assert inside["buffer"]["entries"] and "sft_rng" in inside
+
+  workdir = str(tmp_path / "preempted")
+  out = _run(command(workdir), cache_dir, fault="term@update:3")
+  assert out.returncode == faults.PREEMPTED_EXIT, out.stderr[-3000:]
+  assert "preempted (SIGTERM): stopped after step 3" in out.stderr
+  assert _latest(workdir) == 3
+  saved = _extra(workdir, 3)
+  assert (saved["round"], saved["round_step"]) == (0, 1)
+  done = _run(command(workdir), cache_dir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  # Resumed after the round's mining and first update with its buffer, SFT
+  # sampler, task iterators, params and key: every metric, the last
+  # checkpoint's extra and the report equal the uninterrupted run's.
+  _assert_same_metrics(workdir, straight)
+  assert _extra(workdir, 5) == _extra(straight, 5)
+  assert _report_after(workdir) == _report_after(straight)

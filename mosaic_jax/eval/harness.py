@@ -60,7 +60,6 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -127,22 +126,6 @@ class Policy:
     return out
 
 
-def load_model(path: str, *, preset: str = "", dtype: str = ""
-               ) -> decoder.Decoder:
-  """A model from an HF dir, an orbax model dir or a training checkpoint."""
-  from mosaic_jax.train import checkpoint  # orbax: heavy, only needed here.
-  path = os.path.abspath(path)
-  step_dir = checkpoint.training_step_dir(path)
-  if step_dir is None:
-    return convert.load_model(path, **({"dtype": jnp.dtype(dtype)}
-                                       if dtype else {}))
-  model = checkpoint.restore_model(step_dir, preset)
-  if dtype and jnp.dtype(dtype) != jnp.dtype(model.cfg.param_dtype):
-    raise ValueError(f"{path}: training checkpoints restore in their saved "
-                     f"dtype {model.cfg.param_dtype}, not {dtype}")
-  return model
-
-
 def load_tokenizer(model_path: str, tokenizer_path: str = "") -> Any:
   """`tokenizer_path`, else the tokenizer beside the weights, else the one
   a training workdir's run config names (`tokenizer`, else `model.path`),
@@ -178,10 +161,10 @@ def resolve_policy(config: ml_collections.ConfigDict) -> Policy:
                      f"({', '.join(sorted(scripted.POLICIES))}) nor a "
                      "checkpoint directory")
   path = os.path.abspath(spec)
-  model = load_model(path, preset=config.model_preset, dtype=config.dtype)
+  model = convert.load_model(path, preset=config.model_preset,
+                             dtype=config.dtype or None)
   name = config.name or os.path.basename(path.rstrip(os.sep))
-  from mosaic_jax.train import checkpoint  # orbax: heavy, only needed here.
-  step_dir = checkpoint.training_step_dir(path)
+  step_dir = convert.training_step_dir(path)
   return Policy(name, path, model=model,
                 tokenizer=load_tokenizer(path, config.tokenizer),
                 restored=step_dir, step=_step_number(step_dir))
@@ -570,7 +553,7 @@ def refusal_judge(config: ml_collections.ConfigDict, tokenizer: Any = None
   if config.judge == "detector":
     return agentharm.detect_refusal
   path = os.path.abspath(config.judge)
-  model = load_model(path, preset=config.model_preset)
+  model = convert.load_model(path, preset=config.model_preset)
   tokenizer = load_tokenizer(path, config.tokenizer)
   return agentharm.ModelRefusalJudge(text_policy(model, tokenizer, config),
                                      f"llm:{path}")

@@ -69,16 +69,15 @@ def rl_batch(out: Rollout, advantages: np.ndarray, mesh: jax.sharding.Mesh
 
 def load_judge_model(path: str, mesh: jax.sharding.Mesh | None
                      ) -> decoder.Decoder:
-  """The judge checkpoint at `path` (HF safetensors or orbax model dir:
-  each parameter loaded straight into its place on `mesh`; a training
-  checkpoint: restored, then placed), sharded by the policy's rules."""
-  # pylint: disable-next=import-outside-toplevel
-  from mosaic_jax.train import checkpoint
-  step_dir = checkpoint.training_step_dir(os.path.abspath(path))
-  if step_dir is None:
-    return convert.load_model(path, mesh=mesh)
-  model = checkpoint.restore_model(step_dir)
-  return model if mesh is None else sharding.shard_params(model, mesh)
+  """The judge checkpoint at `path` (`convert.load_model`: HF safetensors
+  or orbax model dir, each parameter loaded straight into its place on
+  `mesh`; a training checkpoint restores onto one device, then is placed),
+  sharded by the policy's rules."""
+  model = convert.load_model(path, mesh=mesh)
+  if mesh is not None and convert.training_step_dir(
+      os.path.abspath(path)) is not None:
+    sharding.shard_params(model, mesh)
+  return model
 
 
 def make_judge(config: ml_collections.ConfigDict,

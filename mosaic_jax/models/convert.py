@@ -27,6 +27,7 @@ from mosaic_jax import sharding as sharding_lib
 from mosaic_jax.models import decoder as decoder_lib
 from mosaic_jax.models import hub
 from mosaic_jax.models import lora as lora_lib
+from mosaic_jax.models import presets
 from mosaic_jax.models import safetensors_io
 from mosaic_jax.models.config import ModelConfig, ModelFileError, dtype_name
 
@@ -367,10 +368,12 @@ def save_orbax(model: decoder_lib.Decoder, path: str, tokenizer=None) -> None:
     tokenizer.save_pretrained(path)
 
 
-def load_orbax(path: str, *, dtype=None, mesh: Mesh | None = None,
-               rules=sharding_lib.DEFAULT_RULES, **config_overrides
-               ) -> decoder_lib.Decoder:
-  """Restores a model written by `save_orbax` (sharded onto `mesh` if given)."""
+def load_orbax(path: str, *, dtype=None, compute_dtype=None,
+               mesh: Mesh | None = None, rules=sharding_lib.DEFAULT_RULES,
+               **config_overrides) -> decoder_lib.Decoder:
+  """Restores a model written by `save_orbax` (sharded onto `mesh` if given)
+  with its saved dtypes, or parameters (and activations) in `dtype`, and
+  activations in `compute_dtype` if given."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
   params_dir = os.path.join(path, ORBAX_PARAMS)
@@ -379,6 +382,8 @@ def load_orbax(path: str, *, dtype=None, mesh: Mesh | None = None,
   cfg = ModelConfig.from_hf(path, **config_overrides)
   if dtype is not None:
     cfg = cfg.replace(param_dtype=dtype_name(dtype), dtype=dtype_name(dtype))
+  if compute_dtype is not None:
+    cfg = cfg.replace(dtype=dtype_name(compute_dtype))
   graphdef, abstract = nnx.split(decoder_lib.abstract_model(cfg))
 
   def target(var_path, var):
@@ -489,12 +494,163 @@ def _check_model_dir(path: str, **config_overrides) -> ModelConfig:
   return cfg
 
 
-def load_model(path: str, **kwargs) -> decoder_lib.Decoder:
-  """Loads either an HF safetensors directory or an orbax model directory
-  (checked first by `check_model_dir`: a bad file fails before any array is
-  built, in one line)."""
+def load_model(path: str, *, dtype=None, compute_dtype=None,
+               mesh: Mesh | None = None, rules=sharding_lib.DEFAULT_RULES,
+               preset: str = "", **config_overrides) -> decoder_lib.Decoder:
+  """The one model loader: an HF safetensors directory (or a hub id in the
+  local cache), an orbax model directory (`save_orbax`) or a training
+  checkpoint (a step directory, a checkpoints directory or a training
+  workdir: its newest step; `restore_model`).
+
+  A model directory is checked first (`check_model_dir`): a bad file, or a
+  path that is none of these, fails before any array is built, in one line
+  naming the path.
+
+  Args:
+    path: the directory (or hub id).
+    dtype: parameter dtype; None: float32 for HF, the saved one otherwise.
+    compute_dtype: activation dtype; None: `dtype` (orbax and training
+      checkpoints without `dtype`: the saved one).
+    mesh: place each parameter in its sharded layout on this mesh (model
+      directories; a training checkpoint restores onto one device).
+    rules: logical-axis rules for the mesh.
+    preset: the architecture of a training checkpoint that has no
+      config.json beside it (`run_model_config`).
+    **config_overrides: ModelConfig fields to override (e.g. remat).
+
+  Raises:
+    ModelFileError: a model directory that cannot be read, or a path that is
+      no model directory.
+    FileNotFoundError, ValueError: a training checkpoint that cannot be
+      loaded as asked (`restore_model`).
+  """
+  step_dir = (training_step_dir(os.fspath(path))
+              if os.path.isdir(path) else None)
+  if step_dir is not None:
+    if mesh is not None:
+      raise ValueError(f"{path}: a training checkpoint restores onto one "
+                       "device; export it (convert.save_orbax) to shard it")
+    model = restore_model(step_dir, preset)
+    if dtype is not None and dtype_name(dtype) != model.cfg.param_dtype:
+      raise ValueError(f"{path}: training checkpoints restore in their saved "
+                       f"dtype {model.cfg.param_dtype}, not "
+                       f"{dtype_name(dtype)}")
+    if compute_dtype is not None or config_overrides:
+      model = _with_config(model, compute_dtype, config_overrides)
+    return model
   path = hub.resolve(path)
   check_model_dir(path)
   if os.path.isdir(os.path.join(os.fspath(path), ORBAX_PARAMS)):
-    return load_orbax(path, **kwargs)
-  return from_pretrained(path, **kwargs)
+    return load_orbax(path, dtype=dtype, compute_dtype=compute_dtype,
+                      mesh=mesh, rules=rules, **config_overrides)
+  return from_pretrained(path, dtype=jnp.float32 if dtype is None else dtype,
+                         mesh=mesh, compute_dtype=compute_dtype, rules=rules,
+                         **config_overrides)
+
+
+def _with_config(model: decoder_lib.Decoder, compute_dtype,
+                 overrides) -> decoder_lib.Decoder:
+  """`model`'s params under its config with these fields replaced."""
+  cfg = model.cfg.replace(**overrides)
+  if compute_dtype is not None:
+    cfg = cfg.replace(dtype=dtype_name(compute_dtype))
+  graphdef, _ = nnx.split(decoder_lib.abstract_model(cfg))
+  return nnx.merge(graphdef, nnx.state(model))
+
+
+# ----------------------------------------- a training checkpoint's params --
+# `train.checkpoint.Checkpointer` writes `<step>/state/` (an orbax PyTree of
+# params, opt_state, step, rng); only its params are read here.
+
+TRAINING_STATE = "state"
+
+
+def training_step_dir(path: str) -> str | None:
+  """The step directory of a training checkpoint at `path`, or None.
+
+  `path` is a step dir (it holds `state/`), a `Checkpointer` directory
+  (numbered step dirs; the newest is taken) or a training workdir (its
+  `checkpoints/`, newest step).
+  """
+  if os.path.isdir(os.path.join(path, TRAINING_STATE)):
+    return path
+  nested = os.path.join(path, "checkpoints")
+  if os.path.isdir(nested):
+    found = training_step_dir(nested)
+    if found is not None:
+      return found
+  steps = [d for d in os.listdir(path)
+           if d.isdigit()
+           and os.path.isdir(os.path.join(path, d, TRAINING_STATE))]
+  return os.path.join(path, max(steps, key=int)) if steps else None
+
+
+def run_model_config(step_dir: str, preset: str = "") -> ModelConfig:
+  """The architecture of a training checkpoint's params.
+
+  A training checkpoint holds arrays only. The architecture is the
+  config.json of the run: beside the checkpoints, or of the reference
+  policy `train.run` writes at the end of SFT; else the named preset.
+
+  Raises:
+    FileNotFoundError: no config.json and no preset.
+  """
+  checkpoints = os.path.dirname(step_dir)
+  workdir = os.path.dirname(checkpoints)
+  for where in (step_dir, checkpoints, workdir,
+                os.path.join(workdir, "reference")):
+    if os.path.isfile(os.path.join(where, "config.json")):
+      return ModelConfig.from_hf(where)
+  if preset:
+    return presets.PRESETS[preset]
+  raise FileNotFoundError(
+      f"{step_dir}: a training checkpoint without a config.json beside it "
+      "(or in <workdir>/reference); set --config.model_preset to its "
+      f"architecture ({', '.join(presets.PRESETS)})")
+
+
+def holds_lora_adapters(state_dir: str) -> bool:
+  """Whether a training checkpoint's params are LoRA adapters (`model.lora`),
+  from its metadata's names (no array is read)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      meta = ckptr.metadata(state_dir)
+  except Exception:  # pylint: disable=broad-except
+    return False  # The restore below reports a damaged checkpoint.
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  flat = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return any("_lora_" in jax.tree_util.keystr(path) for path, _ in flat)
+
+
+def restore_model(step_dir: str, preset: str = "") -> decoder_lib.Decoder:
+  """The params of a training checkpoint's step directory as a model (the
+  optimizer moments are never read), in their saved dtype.
+
+  Raises:
+    ValueError: the checkpoint holds LoRA adapters only.
+    FileNotFoundError: its architecture is unknown (`run_model_config`).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  cfg = run_model_config(step_dir, preset)
+  if holds_lora_adapters(os.path.join(step_dir, TRAINING_STATE)):
+    raise ValueError(
+        f"{step_dir}: a LoRA training checkpoint holds the adapters only "
+        "(model.lora); evaluate <workdir>/reference, or a model exported "
+        "with convert.save_pretrained (it merges the adapters)")
+  graphdef, abstract = nnx.split(decoder_lib.abstract_model(cfg))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      abstract)
+  # partial_restore: the optimizer moments (2x the params) are never read.
+  target = {"params": abstract}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(
+        os.path.join(step_dir, TRAINING_STATE), args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+  return nnx.merge(graphdef, restored["params"])

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mosaic_jax import sections
+
 # Target -> (stacked base parameter, number of its input axes after layers).
 TARGETS: dict[str, tuple[str, int]] = {
     "q": ("wq_ldnh", 1),
@@ -59,7 +61,7 @@ class LoRAParam(nnx.Param):
 
 
 @dataclasses.dataclass(frozen=True)
-class LoRAConfig:
+class LoRAConfig(sections.Section):
   """`model.lora` of a config.
 
   Attributes:
@@ -79,16 +81,42 @@ class LoRAConfig:
   def scale(self) -> float:
     return float(self.alpha) / self.rank
 
+  SECTION = "model.lora"
+
+  @classmethod
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
+    """A rank >= 0; with LoRA on (rank > 0) a finite alpha > 0 and known,
+    distinct, non-empty targets."""
+    p: list[str] = []
+    rank = values["rank"]
+    sections.at_least(p, "model.lora.rank", rank, 0)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+      return p
+    sections.finite(p, "model.lora.alpha", values["alpha"], 0.0, strict=True)
+    targets = values["targets"]
+    if isinstance(targets, str) or not isinstance(targets, (tuple, list)):
+      p.append(f"model.lora.targets: must be a tuple of projection names "
+               f"({', '.join(TARGETS)}), got {targets!r}")
+      return p
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+      p.append(f"model.lora.targets: unknown "
+               f"{', '.join(map(repr, unknown))}; choose from "
+               f"{', '.join(TARGETS)}")
+    elif not targets or len(set(targets)) != len(targets):
+      p.append(f"model.lora.targets: {tuple(targets)!r} must name at least "
+               "one projection, each once")
+    return p
+
+  @classmethod
+  def section_problems(cls, section: Mapping[str, Any] | Any | None
+                       ) -> list[str]:
+    return [] if section is None else super().section_problems(section)
+
   @classmethod
   def from_config(cls, section: Mapping[str, Any] | Any | None) -> LoRAConfig:
-    if section is None:
-      return cls()
-    values = dict(section)
-    kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls)
-              if f.name in values}
-    if "targets" in kwargs:
-      kwargs["targets"] = tuple(kwargs["targets"])
-    return cls(**kwargs)
+    """`model.lora` (absent: rank 0, full fine-tuning)."""
+    return cls() if section is None else sections.from_section(cls, section)
 
 
 def factor_names(base: str) -> tuple[str, str]:

@@ -22,10 +22,7 @@ from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
-from flax import nnx
 
-from mosaic_jax.models import decoder, presets
-from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.train import faults, steps as steps_lib
 from mosaic_jax.train.state import TrainState
 
@@ -286,94 +283,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
-
-
-# ---------------------------------------------- reading a run's params --
-
-
-def training_step_dir(path: str) -> str | None:
-  """The step directory of a training checkpoint at `path`, or None.
-
-  `path` is a step dir (it holds `state/`), a `Checkpointer` directory
-  (numbered step dirs; the newest is taken) or a training workdir (its
-  `checkpoints/`, newest step).
-  """
-  if os.path.isdir(os.path.join(path, "state")):
-    return path
-  nested = os.path.join(path, "checkpoints")
-  if os.path.isdir(nested):
-    found = training_step_dir(nested)
-    if found is not None:
-      return found
-  steps = [d for d in os.listdir(path)
-           if d.isdigit() and os.path.isdir(os.path.join(path, d, "state"))]
-  return os.path.join(path, max(steps, key=int)) if steps else None
-
-
-def run_model_config(step_dir: str, preset: str = "") -> ModelConfig:
-  """The architecture of a training checkpoint's params.
-
-  A training checkpoint holds arrays only. The architecture is the
-  config.json of the run: beside the checkpoints, or of the reference
-  policy `train.run` writes at the end of SFT; else the named preset.
-
-  Raises:
-    FileNotFoundError: no config.json and no preset.
-  """
-  checkpoints = os.path.dirname(step_dir)
-  workdir = os.path.dirname(checkpoints)
-  for where in (step_dir, checkpoints, workdir,
-                os.path.join(workdir, "reference")):
-    if os.path.isfile(os.path.join(where, "config.json")):
-      return ModelConfig.from_hf(where)
-  if preset:
-    return presets.PRESETS[preset]
-  raise FileNotFoundError(
-      f"{step_dir}: a training checkpoint without a config.json beside it "
-      "(or in <workdir>/reference); set --config.model_preset to its "
-      f"architecture ({', '.join(presets.PRESETS)})")
-
-
-def holds_lora_adapters(state_dir: str) -> bool:
-  """Whether a training checkpoint's params are LoRA adapters (`model.lora`),
-  from its metadata's names (no array is read)."""
-  try:
-    with ocp.PyTreeCheckpointer() as ckptr:
-      meta = ckptr.metadata(state_dir)
-  except Exception:  # pylint: disable=broad-except
-    return False  # The restore below reports a damaged checkpoint.
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  flat = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-  return any("_lora_" in jax.tree_util.keystr(path) for path, _ in flat)
-
-
-def restore_model(step_dir: str, preset: str = "") -> decoder.Decoder:
-  """The params of a training checkpoint's step directory as a model (the
-  optimizer moments are never read), in their saved dtype.
-
-  Raises:
-    ValueError: the checkpoint holds LoRA adapters only.
-    FileNotFoundError: its architecture is unknown (`run_model_config`).
-  """
-  cfg = run_model_config(step_dir, preset)
-  if holds_lora_adapters(os.path.join(step_dir, "state")):
-    raise ValueError(
-        f"{step_dir}: a LoRA training checkpoint holds the adapters only "
-        "(model.lora); evaluate <workdir>/reference, or a model exported "
-        "with convert.save_pretrained (it merges the adapters)")
-  graphdef, abstract = nnx.split(decoder.abstract_model(cfg))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract)
-  # partial_restore: the optimizer moments (2x the params) are never read.
-  target = {"params": abstract}
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(
-        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True))
-  return nnx.merge(graphdef, restored["params"])

@@ -97,12 +97,9 @@ def _build_base_model(config: ml_collections.ConfigDict,
                       mesh: jax.sharding.Mesh | None) -> decoder.Decoder:
   m = config.model
   if m.path:
-    if os.path.isdir(os.path.join(m.path, convert.ORBAX_PARAMS)):
-      return convert.load_orbax(m.path, dtype=m.dtype, mesh=mesh,
-                                remat=m.remat)
-    return convert.from_pretrained(m.path, dtype=m.dtype, mesh=mesh,
-                                   compute_dtype=m.compute_dtype,
-                                   remat=m.remat)
+    return convert.load_model(m.path, dtype=m.dtype,
+                              compute_dtype=m.compute_dtype, mesh=mesh,
+                              remat=m.remat)
   cfg = presets.PRESETS[m.preset].replace(
       param_dtype=m.dtype, dtype=m.compute_dtype, remat=m.remat)
   return decoder.init_model(cfg, seed=config.seed)
@@ -547,7 +544,7 @@ def reference_policy(r: Run, state: state_lib.TrainState) -> decoder.Decoder:
   half-written)."""
   final = r.path(REFERENCE_DIR)
   if os.path.isdir(final):
-    return convert.load_orbax(final, mesh=r.mesh)
+    return convert.load_model(final, mesh=r.mesh)
   # LoRA: the SFT adapters folded in, a plain model (the next phase trains
   # fresh adapters on top of it).
   reference = lora_lib.merge(copy_model(state.model()))

@@ -32,7 +32,7 @@ from mosaic_jax.models import lora as lora_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(sections.Section):
   """AdamW with linear warm-up, cosine decay and global-norm clipping.
 
   Attributes:
@@ -56,9 +56,15 @@ class OptimizerConfig:
   b2: float = 0.95
   eps: float = 1e-8
 
+  SECTION = "optimizer"
+
   @classmethod
-  def from_config(cls, section: Mapping[str, Any] | Any) -> OptimizerConfig:
-    return sections.from_section(cls, section)
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
+    """A finite learning rate > 0 and a warm-up of >= 0 steps."""
+    p: list[str] = []
+    sections.finite(p, "optimizer.lr", values["lr"], 0, strict=True)
+    sections.at_least(p, "optimizer.warmup_steps", values["warmup_steps"], 0)
+    return p
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -51,7 +51,7 @@ Metrics = dict[str, Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(sections.Section):
   """SFT step settings.
 
   Attributes:
@@ -68,13 +68,20 @@ class SFTConfig:
   chunk_size: int = 128
   donate: bool = True
 
+  SECTION = "sft"
+
   @classmethod
-  def from_config(cls, section: Mapping[str, Any] | Any) -> SFTConfig:
-    return sections.from_section(cls, section)
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
+    """A known aggregation and a positive chunk size."""
+    p: list[str] = []
+    sections.at_least(p, "sft.chunk_size", values["chunk_size"], 1)
+    sections.choice(p, "sft.aggregation", values["aggregation"],
+                    losses.AGGREGATIONS)
+    return p
 
 
 @dataclasses.dataclass(frozen=True)
-class PGConfig:
+class PGConfig(sections.Section):
   """Policy-gradient step settings (see `losses.policy_loss`).
 
   Attributes:
@@ -123,20 +130,39 @@ class PGConfig:
   chunk_size: int = 128
   donate: bool = True
 
-  def __post_init__(self):
-    if self.kl_in_reward and self.kl_estimator != "k1":
-      raise ValueError(
-          f"rl.kl_in_reward needs rl.kl_estimator='k1' (got "
-          f"{self.kl_estimator!r}): only k1 as a reward has the gradient of "
-          "KL(π‖π_ref)")
-    if (self.kl_in_reward or self.dynamic_sampling) and self.group_size < 1:
-      raise ValueError("rl.kl_in_reward and rl.dynamic_sampling need "
-                       "rl.group_size >= 1")
-    for name in ("epochs", "minibatches"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"rl.{name}={getattr(self, name)} must be >= 1")
-    if not self.temperature > 0:
-      raise ValueError(f"log-prob temperature {self.temperature} must be > 0")
+  SECTION = "rl"
+
+  @classmethod
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
+    """Finite clip range and KL β >= 0, known estimator / aggregation /
+    ratio, k1 for a KL reward, groups for the group-wise options, >= 1
+    epochs, minibatches and chunk tokens, a log-prob temperature > 0."""
+    v = values
+    p: list[str] = []
+    sections.finite(p, "rl.kl_beta", v["kl_beta"], 0, strict=False)
+    for name in ("clip_eps_lo", "clip_eps_hi"):
+      sections.finite(p, f"rl.{name}", v[name], 0, strict=False)
+    sections.choice(p, "rl.kl_estimator", v["kl_estimator"],
+                    losses.KL_ESTIMATORS)
+    sections.choice(p, "rl.policy_ratio", v["policy_ratio"],
+                    losses.POLICY_RATIOS)
+    sections.choice(p, "rl.aggregation", v["aggregation"],
+                    losses.AGGREGATIONS)
+    if v["kl_in_reward"] and v["kl_estimator"] != "k1":
+      p.append(f"rl.kl_in_reward=True needs rl.kl_estimator='k1' (got "
+               f"{v['kl_estimator']!r}): only k1 as a reward penalty has the "
+               "gradient of KL(pi || pi_ref); set "
+               "--config.rl.kl_estimator=k1")
+    group = v["group_size"]
+    if ((v["kl_in_reward"] or v["dynamic_sampling"])
+        and not (isinstance(group, int) and group >= 1)):
+      p.append("rl.kl_in_reward and rl.dynamic_sampling need "
+               "rl.group_size >= 1")
+    for name in ("epochs", "minibatches", "chunk_size"):
+      sections.at_least(p, f"rl.{name}", v[name], 1)
+    sections.finite(p, "rl.temperature (log-prob temperature)",
+                    v["temperature"], 0, strict=True)
+    return p
 
   @property
   def updates(self) -> int:
@@ -148,9 +174,6 @@ class PGConfig:
     """β of the KL loss term (0 when the KL is in the reward)."""
     return 0.0 if self.kl_in_reward else self.kl_beta
 
-  @classmethod
-  def from_config(cls, section: Mapping[str, Any] | Any) -> PGConfig:
-    return sections.from_section(cls, section)
 
 
 # ----------------------------------------------------------------------------

@@ -11,16 +11,20 @@ and checkpoint before it builds the model.
 * `structure_problems`: fields the reference config (`configs/base.py`, plus
   the `fate` section) does not have, with the closest known name; fields
   whose value has the wrong type; fields the config lacks.
-* `value_problems`: names that must be one of a registry (judge, reward,
-  advantage estimator, KL estimator, aggregation, sampling strategy, scripted
-  policy, preset, dtype, remat), sizes that must be positive, batch splits
-  that must divide (micro-batches, processes), the mesh against the device
-  count, and FATE on one process (the `fate` section's own choices are
-  `methods.fate.FateConfig`'s).
+* `value_problems`: each settings dataclass's own checks of its section
+  (`sections.Section.section_problems`: `RolloutConfig`, `SFTConfig`,
+  `PGConfig`, `OptimizerConfig`, `LoRAConfig`, `JudgeConfig`; the same
+  lines their constructors raise), then what no one dataclass owns: fields
+  the loops read directly (reward, advantage estimator, scripted policies,
+  preset, dtype, remat, steps and batch sizes), batch splits that must
+  divide (micro-batches, processes), the mesh against the device count, and
+  FATE on one process (the `fate` section is `methods.fate.FateConfig`'s,
+  which its run builds first).
 * `start_problems` (part of `value_problems`, pure Python, so it runs before
   the process group starts): a full-size preset without `model.path` (random
-  init only with `model.random_init=True`), learning rates that are not
-  finite and positive, a negative or non-finite KL β, a workdir below a file.
+  init only with `model.random_init=True`), the `optimizer` and `rl`
+  sections' own checks (learning rate, warm-up, KL β, clip range, ...),
+  `sft.lr`, a workdir below a file.
 * `length_problems`: lengths that cannot hold a task's prompt plus a turn,
   and an `sft.max_len` that drops every demonstration (a run that would
   train on zero tokens), measured on sampled tasks with the run's tokenizer.
@@ -34,7 +38,6 @@ job (it reads only the checkpoint's metadata).
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -43,17 +46,20 @@ from absl import flags
 import jax
 import ml_collections
 
-from mosaic_jax import judge as judge_lib, losses, rewards, sharding
+from mosaic_jax import judge as judge_lib, losses, rewards, sections
+from mosaic_jax import sharding
 from mosaic_jax.agent import parse
 from mosaic_jax.envs import scripted
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.models import hub, lora as lora_lib, presets
 from mosaic_jax.models.config import REMAT_POLICIES, ModelFileError
+from mosaic_jax.rollout import RolloutConfig
 from mosaic_jax.train import metrics as metrics_lib
+from mosaic_jax.train import state as state_lib, steps as steps_lib
 
 # Sections whose keys are data, not settings (policy name -> weight).
 FREE_FORM = ("sft.mix",)
-STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
+STRATEGIES = RolloutConfig.STRATEGIES
 REWARDS = tuple(rewards.MOSAIC_COMPARISONS)
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("mosaic", "fate", "judge")
@@ -131,47 +137,17 @@ def structure_problems(config: Mapping[str, Any], reference: Mapping[str, Any],
   return problems
 
 
-def _choice(problems: list[str], name: str, value: Any, allowed) -> None:
-  if value not in allowed:
-    problems.append(f"{name}: {value!r} is not one of "
-                    f"{', '.join(map(repr, sorted(allowed)))}")
-
-
-def _at_least(problems: list[str], name: str, value: Any, low: int) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < low:
-    problems.append(f"{name}: must be an integer >= {low}, got {value!r}")
-
-
 def _eval_split_problems(p: list[str], ev: ml_collections.ConfigDict
                          ) -> None:
   """eval.split / final_splits name evaluation splits; baselines are
   scripted policies; claim_samples >= 0."""
   evaluable = [s for s in tasks_lib.SPLITS if s != "train"]
-  _choice(p, "eval.split", ev.get("split", "validation"), evaluable)
+  sections.choice(p, "eval.split", ev.get("split", "validation"), evaluable)
   for split in tuple(ev.get("final_splits", ())):
-    _choice(p, "eval.final_splits", split, evaluable)
+    sections.choice(p, "eval.final_splits", split, evaluable)
   for name in tuple(ev.get("baselines", ())):
-    _choice(p, "eval.baselines", name, scripted.POLICIES)
-  _at_least(p, "eval.claim_samples", ev.get("claim_samples", 0), 0)
-
-
-def _divides(problems: list[str], name: str, part: int, whole: int,
-             whole_name: str) -> None:
-  if part > 0 and whole % part:
-    problems.append(f"{name}={part} does not divide {whole_name}={whole}; "
-                    f"set {name} to a divisor of {whole} (0: no "
-                    "micro-batching)")
-
-
-def _finite(problems: list[str], name: str, value: Any, low: float, *,
-            strict: bool) -> None:
-  """Appends a problem unless `value` is a finite number > `low` (`strict`)
-  or >= `low`."""
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and (value > low if strict else value >= low))
-  if not ok:
-    problems.append(f"{name}: must be a finite number "
-                    f"{'>' if strict else '>='} {low}, got {value!r}")
+    sections.choice(p, "eval.baselines", name, scripted.POLICIES)
+  sections.at_least(p, "eval.claim_samples", ev.get("claim_samples", 0), 0)
 
 
 def workdir_problem(workdir: str) -> str | None:
@@ -207,43 +183,13 @@ def start_problems(config: ml_collections.ConfigDict) -> list[str]:
              "random weights; set --config.model.path=DIR (an HF safetensors "
              "or orbax model directory), or --config.model.random_init=True "
              "to train a random init on purpose")
-  _finite(p, "optimizer.lr", config.optimizer.lr, 0, strict=True)
-  _finite(p, "sft.lr", config.sft.lr, 0, strict=True)
-  _finite(p, "rl.kl_beta", config.rl.kl_beta, 0, strict=False)
-  for name in ("clip_eps_lo", "clip_eps_hi"):
-    _finite(p, f"rl.{name}", config.rl.get(name, 0.0), 0,
-            strict=False)
-  _at_least(p, "optimizer.warmup_steps", config.optimizer.warmup_steps, 0)
+  p += state_lib.OptimizerConfig.section_problems(config.optimizer)
+  sections.finite(p, "sft.lr", config.sft.lr, 0, strict=True)
+  p += steps_lib.PGConfig.section_problems(config.rl)
   if config.get("workdir"):
     problem = workdir_problem(config.workdir)
     if problem:
       p.append(problem)
-  return p
-
-
-def lora_problems(lora: Mapping[str, Any] | None) -> list[str]:
-  """`model.lora`: a rank >= 0, a finite alpha > 0 and known, distinct,
-  non-empty targets (only checked when the rank turns LoRA on)."""
-  p: list[str] = []
-  if lora is None:
-    return p
-  _at_least(p, "model.lora.rank", lora.get("rank", 0), 0)
-  rank = lora.get("rank", 0)
-  if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-    return p
-  _finite(p, "model.lora.alpha", lora.get("alpha", 16.0), 0.0, strict=True)
-  targets = lora.get("targets", lora_lib.ALL_TARGETS)
-  if isinstance(targets, str) or not isinstance(targets, (tuple, list)):
-    p.append(f"model.lora.targets: must be a tuple of projection names "
-             f"({', '.join(lora_lib.TARGETS)}), got {targets!r}")
-    return p
-  unknown = [t for t in targets if t not in lora_lib.TARGETS]
-  if unknown:
-    p.append(f"model.lora.targets: unknown {', '.join(map(repr, unknown))}; "
-             f"choose from {', '.join(lora_lib.TARGETS)}")
-  elif not targets or len(set(targets)) != len(targets):
-    p.append(f"model.lora.targets: {tuple(targets)!r} must name at least "
-             "one projection, each once")
   return p
 
 
@@ -261,7 +207,7 @@ def value_problems(config: ml_collections.ConfigDict,
   if not config.get("workdir"):
     p.append("workdir: empty; set --config.workdir=DIR (every output goes "
              "there)")
-  _choice(p, "method", config.get("method", "mosaic"), METHODS)
+  sections.choice(p, "method", config.get("method", "mosaic"), METHODS)
   m = config.model
   if m.path:
     try:
@@ -275,40 +221,37 @@ def value_problems(config: ml_collections.ConfigDict,
                "local Hugging Face cache), or set it to '' for a randomly "
                "initialised model.preset")
   else:
-    _choice(p, "model.preset", m.preset, presets.PRESETS)
+    sections.choice(p, "model.preset", m.preset, presets.PRESETS)
   if "logging" in config:
     for backend in config.logging.backends:
-      _choice(p, "logging.backends", backend, metrics_lib.BACKENDS)
-  _choice(p, "model.dtype", m.dtype, DTYPES)
-  _choice(p, "model.compute_dtype", m.compute_dtype, DTYPES)
-  _choice(p, "model.remat", m.remat, REMAT_POLICIES)
-  p += lora_problems(m.get("lora"))
+      sections.choice(p, "logging.backends", backend, metrics_lib.BACKENDS)
+  sections.choice(p, "model.dtype", m.dtype, DTYPES)
+  sections.choice(p, "model.compute_dtype", m.compute_dtype, DTYPES)
+  sections.choice(p, "model.remat", m.remat, REMAT_POLICIES)
+  p += lora_lib.LoRAConfig.section_problems(m.get("lora"))
   if config.tokenizer and not os.path.isdir(config.tokenizer):
     p.append(f"tokenizer: {config.tokenizer!r} is not a directory; set it "
              "to a tokenizer directory or '' (the one beside model.path)")
-  _at_least(p, "max_nonfinite_steps", config.max_nonfinite_steps, 0)
+  sections.at_least(p, "max_nonfinite_steps", config.max_nonfinite_steps, 0)
 
   sft, rl, ro = config.sft, config.rl, config.rollout
-  _at_least(p, "sft.steps", sft.steps, 0)
-  _at_least(p, "rl.steps", rl.steps, 0)
+  sections.at_least(p, "sft.steps", sft.steps, 0)
+  sections.at_least(p, "rl.steps", rl.steps, 0)
   for name, value in [("sft.batch", sft.batch),
                       ("rl.group_size", rl.group_size),
                       ("rl.tasks_per_step", rl.tasks_per_step),
                       ("sft.max_len", sft.max_len), ("sft.bucket", sft.bucket),
-                      ("rollout.max_turns", ro.max_turns),
-                      ("rollout.max_tokens_per_turn", ro.max_tokens_per_turn),
-                      ("rollout.max_total_length", ro.max_total_length),
                       ("checkpoint.every", config.checkpoint.every),
-                      ("eval.batch", config.eval.batch),
-                      ("sft.chunk_size", sft.chunk_size),
-                      ("rl.chunk_size", rl.chunk_size)]:
-    _at_least(p, name, value, 1)
+                      ("eval.batch", config.eval.batch)]:
+    sections.at_least(p, name, value, 1)
+  p += RolloutConfig.section_problems(ro)
+  p += steps_lib.SFTConfig.section_problems(sft)
   if isinstance(sft.batch, int) and isinstance(sft.microbatch, int):
-    _divides(p, "sft.microbatch", sft.microbatch, sft.batch // processes,
-             "sft.batch per process")
+    sections.divides(p, "sft.microbatch", sft.microbatch,
+                     sft.batch // processes, "sft.batch per process")
   if all(isinstance(x, int) for x in (rl.tasks_per_step, rl.group_size,
                                       rl.microbatch)):
-    _divides(p, "rl.microbatch", rl.microbatch,
+    sections.divides(p, "rl.microbatch", rl.microbatch,
              rl.tasks_per_step * rl.group_size // processes,
              "rl.tasks_per_step x rl.group_size per process")
   for name, value in [("sft.batch", sft.batch),
@@ -320,29 +263,15 @@ def value_problems(config: ml_collections.ConfigDict,
   if rl.steps and isinstance(rl.group_size, int) and rl.group_size < 2:
     p.append(f"rl.group_size={rl.group_size}: group advantages and pairwise "
              "judgements need at least 2 episodes per task; set it >= 2")
-  if (isinstance(ro.max_total_length, int)
-      and isinstance(ro.max_tokens_per_turn, int)
-      and ro.max_tokens_per_turn > ro.max_total_length):
-    p.append("rollout.max_tokens_per_turn exceeds rollout.max_total_length; "
-             "lower it or raise max_total_length")
   try:
     judge_lib.JudgeConfig.from_config(config)
   except (ValueError, TypeError) as e:
     p.append(str(e))
-  _choice(p, "rl.reward", rl.reward, REWARDS)
-  _choice(p, "rl.advantage", rl.advantage, losses.ADVANTAGE_ESTIMATORS)
-  _choice(p, "rl.kl_estimator", rl.kl_estimator, losses.KL_ESTIMATORS)
-  _choice(p, "rl.tie_advantage", rl.get("tie_advantage", "zero"),
+  sections.choice(p, "rl.reward", rl.reward, REWARDS)
+  sections.choice(p, "rl.advantage", rl.advantage, losses.ADVANTAGE_ESTIMATORS)
+  sections.choice(p, "rl.tie_advantage", rl.get("tie_advantage", "zero"),
           losses.TIE_ADVANTAGES)
-  _choice(p, "rl.policy_ratio", rl.get("policy_ratio", "ppo"),
-          losses.POLICY_RATIOS)
-  if rl.get("kl_in_reward", False) and rl.kl_estimator != "k1":
-    p.append(f"rl.kl_in_reward=True needs rl.kl_estimator='k1' (got "
-             f"{rl.kl_estimator!r}): only k1 as a reward penalty has the "
-             "gradient of KL(pi || pi_ref); set --config.rl.kl_estimator=k1")
-  epochs, minibatches = rl.get("epochs", 1), rl.get("minibatches", 1)
-  _at_least(p, "rl.epochs", epochs, 1)
-  _at_least(p, "rl.minibatches", minibatches, 1)
+  minibatches = rl.get("minibatches", 1)
   if all(isinstance(x, int) and x >= 1 for x in (
       rl.tasks_per_step, rl.group_size, minibatches)):
     rows = rl.tasks_per_step * rl.group_size // processes
@@ -351,14 +280,11 @@ def value_problems(config: ml_collections.ConfigDict,
                "rows of a step (rl.tasks_per_step x rl.group_size per "
                f"process); set it to a divisor of {rows}")
     if isinstance(rl.microbatch, int) and minibatches > 1:
-      _divides(p, "rl.microbatch", rl.microbatch, rows // minibatches,
+      sections.divides(p, "rl.microbatch", rl.microbatch, rows // minibatches,
                "the rows of one minibatch (per process)")
-  _choice(p, "rl.aggregation", rl.aggregation, losses.AGGREGATIONS)
-  _choice(p, "sft.aggregation", sft.aggregation, losses.AGGREGATIONS)
-  _choice(p, "rollout.strategy", ro.strategy, STRATEGIES)
-  _choice(p, "eval.strategy", config.eval.strategy, STRATEGIES)
+  sections.choice(p, "eval.strategy", config.eval.strategy, STRATEGIES)
   samples = config.eval.get("samples", 1)
-  _at_least(p, "eval.samples", samples, 1)
+  sections.at_least(p, "eval.samples", samples, 1)
   if (isinstance(samples, int) and samples > 1
       and config.eval.strategy == "greedy"):
     p.append(f"eval.samples={samples} with eval.strategy='greedy' plays the "
@@ -370,7 +296,7 @@ def value_problems(config: ml_collections.ConfigDict,
              f"no_over_refusal, validity), got {tuple(rl.scalar_weights)}")
   mix = dict(sft.mix)
   for name in mix:
-    _choice(p, f"sft.mix.{name}", name, scripted.POLICIES)
+    sections.choice(p, f"sft.mix.{name}", name, scripted.POLICIES)
   weights = list(mix.values())
   if sft.steps and (not weights or any(
       not isinstance(w, (int, float)) or w < 0 for w in weights)
