@@ -116,8 +116,11 @@ def test_max_total_length_ends_the_episode_as_invalid(tok):
   assert int(out.trajectories.lengths[0]) == prompt + first_turn
   assert float(out.trajectories.z[0, 3]) == 0.0
   # A prompt that leaves no room for a turn: no turn, never a crash.
-  short = _scripted("expert", [task], tok,
-                    dataclasses.replace(SCRIPTED, max_total_length=prompt))
+  # (A turn limit above the episode's is refused when the config is built,
+  # so the turn limit comes down with it.)
+  short = _scripted("expert", [task], tok, dataclasses.replace(
+      SCRIPTED, max_total_length=prompt,
+      max_tokens_per_turn=min(SCRIPTED.max_tokens_per_turn, prompt)))
   assert short.episodes[0].end_reason == "max_total_length"
   assert int(short.trajectories.num_turns[0]) == 0
   assert float(short.trajectories.z[0, 3]) == 0.0
