@@ -45,8 +45,8 @@ def test_sharded_judge_scores_equal_unsharded():
   tok = harness.load_tokenizer(path)
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
   kw = dict(bucket=128, max_transcript_tokens=32, pair_batch=4)
-  plain = judge.LLMJudge(mosaic.load_judge_model(path, None), tok, **kw)
-  placed = judge.LLMJudge(mosaic.load_judge_model(path, mesh), tok,
+  plain = judge.LLMJudge(convert.load_model(path), tok, **kw)
+  placed = judge.LLMJudge(convert.load_model(path, mesh=mesh), tok,
                           mesh=mesh, **kw)
   embed = placed.params["embed_vd"].get_value()
   assert len(embed.sharding.device_set) == 8
@@ -73,7 +73,7 @@ def test_the_cache_round_trips_through_json():
   path = str(presets.TINY_BASE_DIR)
   kw = dict(bucket=128, max_transcript_tokens=32, pair_batch=4)
   tok = harness.load_tokenizer(path)
-  model = mosaic.load_judge_model(path, None)
+  model = convert.load_model(path)
   first = judge.LLMJudge(model, tok, **kw)
   q = first.ordered_scores(ITEMS)
   again = judge.LLMJudge(model, tok, **kw)

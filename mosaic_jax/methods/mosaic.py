@@ -18,7 +18,6 @@ RL steps are numbered after SFT's: S+1..S+R.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Mapping
 
@@ -67,25 +66,12 @@ def rl_batch(out: Rollout, advantages: np.ndarray, mesh: jax.sharding.Mesh
           np.asarray(advantages).reshape(-1), mesh))
 
 
-def load_judge_model(path: str, mesh: jax.sharding.Mesh | None
-                     ) -> decoder.Decoder:
-  """The judge checkpoint at `path` (`convert.load_model`: HF safetensors
-  or orbax model dir, each parameter loaded straight into its place on
-  `mesh`; a training checkpoint restores onto one device, then is placed),
-  sharded by the policy's rules."""
-  model = convert.load_model(path, mesh=mesh)
-  if mesh is not None and convert.training_step_dir(
-      os.path.abspath(path)) is not None:
-    sharding.shard_params(model, mesh)
-  return model
-
-
 def make_judge(config: ml_collections.ConfigDict,
                reference: decoder.Decoder, tokenizer: Any,
                mesh: jax.sharding.Mesh | None = None) -> Any:
   """The judge of the `judge` section (`judge.JudgeConfig`, with the
   deprecated `rl.judge` mapped): "verifier_rank", or "llm"/"hybrid" with the
-  model at `judge.model_path` (`load_judge_model`, on `mesh`) and its own
+  model at `judge.model_path` (`convert.load_model`, on `mesh`) and its own
   tokenizer, else the frozen reference policy (placed on the run's mesh
   already) with the policy's tokenizer. With a `mesh` every judge forward's
   rows are sharded over its batch axes."""
@@ -96,7 +82,7 @@ def make_judge(config: ml_collections.ConfigDict,
   if cfg.model_path:
     # pylint: disable-next=import-outside-toplevel
     from mosaic_jax.eval import harness
-    model = load_judge_model(cfg.model_path, mesh)
+    model = convert.load_model(cfg.model_path, mesh=mesh)
     tokenizer = harness.load_tokenizer(cfg.model_path)
   return judge_lib.make_judge(cfg.kind, model=model, tokenizer=tokenizer,
                               mesh=mesh, **cfg.llm_kwargs())

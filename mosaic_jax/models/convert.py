@@ -512,7 +512,8 @@ def load_model(path: str, *, dtype=None, compute_dtype=None,
     compute_dtype: activation dtype; None: `dtype` (orbax and training
       checkpoints without `dtype`: the saved one).
     mesh: place each parameter in its sharded layout on this mesh (model
-      directories; a training checkpoint restores onto one device).
+      directories load each one into place; a training checkpoint is
+      restored onto one device, then moved).
     rules: logical-axis rules for the mesh.
     preset: the architecture of a training checkpoint that has no
       config.json beside it (`run_model_config`).
@@ -527,9 +528,6 @@ def load_model(path: str, *, dtype=None, compute_dtype=None,
   step_dir = (training_step_dir(os.fspath(path))
               if os.path.isdir(path) else None)
   if step_dir is not None:
-    if mesh is not None:
-      raise ValueError(f"{path}: a training checkpoint restores onto one "
-                       "device; export it (convert.save_orbax) to shard it")
     model = restore_model(step_dir, preset)
     if dtype is not None and dtype_name(dtype) != model.cfg.param_dtype:
       raise ValueError(f"{path}: training checkpoints restore in their saved "
@@ -537,6 +535,9 @@ def load_model(path: str, *, dtype=None, compute_dtype=None,
                        f"{dtype_name(dtype)}")
     if compute_dtype is not None or config_overrides:
       model = _with_config(model, compute_dtype, config_overrides)
+    if mesh is not None:
+      # Restored whole onto one device, then moved into its layout.
+      sharding_lib.shard_params(model, mesh, rules)
     return model
   path = hub.resolve(path)
   check_model_dir(path)
