@@ -316,7 +316,7 @@ def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
 
   from experiments import rollout_bench
   from mosaic_jax import rollout
-  from mosaic_jax.methods import mosaic
+  from mosaic_jax.train import pg as pg_lib
   from mosaic_jax.train import run as run_lib, steps
   tok, cfg, state, mesh, task_list, config = _bench_setup(
       cfg, n_tasks, group, turns, tokens_per_turn)
@@ -334,7 +334,7 @@ def _rl_step(cfg: ModelConfig, n_tasks: int, group: int, turns: int,
     times["rollout_s"] = time.perf_counter() - start
     advantages = rng.normal(size=(len(task_list), group)).astype(np.float32)
     start = time.perf_counter()
-    batch = mosaic.rl_batch(out, advantages, mesh)
+    batch = pg_lib.rollout_batch(out, advantages, mesh)
     batch, _ = steps.old_logprobs(state, batch, pg)
     batch = steps.reference_logprobs(
         reference, batch, microbatch=pg.microbatch, chunk_size=pg.chunk_size,

@@ -83,3 +83,11 @@ def to_global(x: Any, mesh: jax.sharding.Mesh) -> Any:
   if jax.process_count() > 1:
     return distributed.host_local_batch_to_global(x, mesh)
   return sharding.shard_batch(jax.tree.map(jnp.asarray, x), mesh)
+
+
+def place_global(x: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Global host rows (the same on every process) as arrays sharded over the
+  mesh's batch: each process contributes its `distributed.local_rows`."""
+  if jax.process_count() > 1:
+    x = distributed.local_rows(x)
+  return to_global(x, mesh)

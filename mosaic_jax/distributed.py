@@ -8,6 +8,7 @@ only, once every process's data has been gathered (`is_main_process`).
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 
@@ -109,3 +110,45 @@ def host_local_batch_to_global(local_batch: Any, mesh: Mesh,
     sharding = sharding_lib.batch_sharding(mesh, global_shape, rules)
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
   return jax.tree.map(one, local_batch)
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """Every process's JSON-able `value`, in process order (`[value]` on one
+  process).
+
+  Host-side data (episode metadata, counts) travel as UTF-8 JSON in a
+  padded uint8 array through `multihost_utils.process_allgather`: two
+  collectives, the lengths and then the bytes. Every process must call it.
+  """
+  if jax.process_count() == 1:
+    return [value]
+  # pylint: disable-next=import-outside-toplevel
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(value).encode("utf-8"), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(
+      np.asarray([data.size], np.int64))).reshape(-1)
+  padded = np.zeros((int(sizes.max()),), np.uint8)
+  padded[:data.size] = data
+  table = np.asarray(multihost_utils.process_allgather(padded)).reshape(
+      len(sizes), -1)
+  return [json.loads(table[p, :n].tobytes().decode("utf-8"))
+          for p, n in enumerate(sizes)]
+
+
+def local_rows(x: Any) -> Any:
+  """This process's rows of a pytree of global host arrays `[N, ...]` (the
+  same on every process): rows [p * N/P, (p + 1) * N/P), the rows a
+  process-major mesh places on its devices (`host_local_batch_to_global`).
+
+  Raises:
+    ValueError: N is not a multiple of the process count.
+  """
+  count, p = jax.process_count(), jax.process_index()
+  def one(a):
+    a = np.asarray(a)
+    if a.shape[0] % count:
+      raise ValueError(f"{a.shape[0]} rows do not split evenly over {count} "
+                       "processes")
+    share = a.shape[0] // count
+    return a[p * share:(p + 1) * share]
+  return jax.tree.map(one, x)

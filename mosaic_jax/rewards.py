@@ -47,9 +47,8 @@ def format_bonus(info: EpisodeInfo, *, think_bonus: float,
 
 
 def generated_lengths(out: Rollout) -> np.ndarray:
-  """Generated (loss) tokens of each of this process's episodes, `[N]`."""
-  rows = np.asarray([e.row for e in out.episodes], np.int64)
-  return np.asarray(out.trajectories.loss_mask)[rows].sum(1)
+  """Generated (loss) tokens of each episode, `[N]`, in row order."""
+  return np.asarray([e.generated for e in out.episodes], np.int64)
 
 
 
@@ -83,7 +82,7 @@ MOSAIC_COMPARISONS: dict[str, Callable[..., jax.Array]] = {
 
 def reward_components(out: Rollout, judge: Any,
                       rl: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The terms of this process's rewards, each `[B, G]` float32.
+  """The terms of the step's rewards, each `[B, G]` float32.
 
   `rl.reward` (`MOSAIC_COMPARISONS`: "pairwise", `Σ_{j≠i} P(i,j)` from the
   judge; "scalar", `Σ_m w_m z_{i,m}` with `rl.scalar_weights`), "format"
@@ -108,7 +107,7 @@ def reward_components(out: Rollout, judge: Any,
 def mosaic_group_rewards(out: Rollout, judge: Any,
                          rl: ml_collections.ConfigDict
                          ) -> tuple[np.ndarray, np.ndarray]:
-  """Rewards of this process's episodes, `[B, G]`, and the format bonuses.
+  """Rewards of the step's episodes, `[B, G]`, and the format bonuses.
 
   pairwise (MOSAIC): `R_i = Σ_{j≠i} P(i,j) + r_fmt,i − max(0, (L_i − L0)/L0)`
   with P from the judge and L_i the episode's generated tokens.
@@ -150,7 +149,7 @@ def task_advantages(components: Mapping[str, np.ndarray],
 def reward_metrics(components: Mapping[str, np.ndarray], rewards: np.ndarray,
                    signal: np.ndarray, advantages: np.ndarray
                    ) -> dict[str, float]:
-  """TRL's reward metrics of one step (this process's groups).
+  """TRL's reward metrics of one step (all its groups).
 
   reward (mean), reward_std (mean within-group std), `rewards/<term>/mean`
   and `/std` per `reward_components` term (std over all episodes),

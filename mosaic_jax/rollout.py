@@ -62,6 +62,7 @@ import numpy as np
 from mosaic_jax import distributed, sampling, sections
 from mosaic_jax.agent import protocol, render as render_lib
 from mosaic_jax.agent.actions import (InvalidAction, ParsedTurn,
+                                      turns_from_json, turns_to_json,
                                       replace_surrogates)
 from mosaic_jax.agent.parse import parse_turn
 from mosaic_jax.envs import tasks as tasks_lib
@@ -91,7 +92,9 @@ class RolloutConfig(sections.Section):
     temperature: sampling temperature (all but greedy).
     top_k: k of top_k.
     top_p: p of top_p.
-    seed: turn t samples with fold_in(fold_in(key(seed), process), t).
+    seed: turn t samples global row r with fold_in(fold_in(key(seed), t),
+      r) (`sampling.row_keys`), so a row's draws are the same whatever the
+      process count.
     stop_strings: strings that end a turn besides the eos token.
     min_bucket: smallest padded width of a turn's new tokens.
   """
@@ -199,12 +202,40 @@ class EpisodeInfo:
     observations: each environment observation, in order (the last may not
       be in the token stream: nothing follows a final turn).
     end_reason: one of `END_REASONS`.
+    length: tokens of the row (prompt, turns and observations).
+    generated: generated (loss) tokens of the row.
   """
   row: int
   record: EpisodeRecord
   texts: tuple[str, ...]
   observations: tuple[str, ...]
   end_reason: str
+  length: int
+  generated: int
+
+  def to_json(self) -> dict[str, Any]:
+    """The JSON form `from_json` inverts, the task named by its id."""
+    r = self.record
+    return {"row": self.row, "task_id": r.task.task_id,
+            "z": np.asarray(r.z, np.float32).tolist(),
+            "details": dict(r.details), "turns": turns_to_json(r.turns),
+            "policy": r.policy, "texts": list(self.texts),
+            "observations": list(self.observations),
+            "end_reason": self.end_reason, "length": self.length,
+            "generated": self.generated}
+
+  @classmethod
+  def from_json(cls, data: Mapping[str, Any], task: Any) -> EpisodeInfo:
+    """The info of `to_json`, with `task` (whose id it names)."""
+    if task.task_id != data["task_id"]:
+      raise ValueError(f"episode of row {data['row']} is of task "
+                       f"{data['task_id']!r}, not {task.task_id!r}")
+    record = EpisodeRecord(task, np.asarray(data["z"], np.float32),
+                           dict(data["details"]),
+                           turns_from_json(data["turns"]), data["policy"])
+    return cls(data["row"], record, tuple(data["texts"]),
+               tuple(data["observations"]), data["end_reason"],
+               data["length"], data["generated"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +244,8 @@ class Rollout:
 
   Attributes:
     trajectories: global arrays (all processes' rows).
-    episodes: this process's rows' metadata, in row order.
+    episodes: every row's metadata, in row order (with several processes,
+      gathered from all of them: every process holds the whole step's).
     stats: wall, device and host seconds, turns, generated tokens.
   """
   trajectories: Trajectories
@@ -274,7 +306,8 @@ class TurnPolicy(Protocol):
 
   `new_tokens[n]` are the ids appended to row n since its last turn (the
   prompt on the first call; rows of a group get the same prompt), or None for
-  a finished row. `episodes[n]` exposes `task` and `history`.
+  a finished row. `episodes[n]` exposes `task` and `history`. `key` holds
+  one PRNG key per row (`[N]`, row n's from its global row index).
   """
   name: str
 
@@ -469,6 +502,14 @@ def process_rows(num_tasks: int, group_size: int, process_index: int,
   return range(process_index * share, (process_index + 1) * share)
 
 
+def even_tasks(tasks: Sequence[Any]) -> list[Any]:
+  """`tasks` padded with repeats of the last to a multiple of the process
+  count (`process_rows` splits only whole, equal shares); the episodes of
+  the first len(tasks) * G rows are the real ones."""
+  tasks = list(tasks)
+  return tasks + tasks[-1:] * (-len(tasks) % jax.process_count())
+
+
 class _Engine:
   """Host side of one rollout: token streams, parsing, environments."""
 
@@ -658,7 +699,7 @@ def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
     raise ValueError("a multi-process rollout needs a mesh for its arrays")
   local = process_rows(len(tasks), g, pid, count)
   engine = _Engine(tokenizer, config, make_env)
-  key = jax.random.fold_in(jax.random.key(config.seed), pid)
+  key = jax.random.key(config.seed)
 
   episodes, new_tokens = [], []
   for task_index in local:
@@ -668,13 +709,17 @@ def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
       episodes.append(episode)
       new_tokens.append(prompt if engine.begin(episode, prompt) else None)
 
+  # Global row indices of this process's episodes (the sampling keys').
+  global_rows = jnp.arange(local.start * g, local.stop * g, dtype=jnp.int32)
   device_s, generated = 0.0, 0
   for turn in range(config.max_turns):
     if all(t is None for t in new_tokens):
       break
     call_start = time.perf_counter()
     step = policy.begin if turn == 0 else policy.step
-    gens = step(new_tokens, episodes, jax.random.fold_in(key, turn), config)
+    gens = step(new_tokens, episodes,
+                sampling.row_keys(jax.random.fold_in(key, turn), global_rows),
+                config)
     device_s += time.perf_counter() - call_start
     new_tokens = [None] * len(episodes)
     for n, gen in enumerate(gens):
@@ -696,16 +741,34 @@ def rollout(policy: TurnPolicy, tasks: Sequence[Any], tokenizer: Any,
   else:
     arrays = jax.tree.map(jnp.asarray, arrays)
   infos = tuple(EpisodeInfo(row, rec, tuple(e.texts), tuple(e.observations),
-                            e.end_reason)
+                            e.end_reason, len(e.tokens), int(sum(e.loss_mask)))
                 for row, rec, e in zip(rows, records, episodes))
+  counts = {"episodes": len(episodes), "generated_tokens": generated,
+            "turns": sum(len(e.spans) for e in episodes),
+            "env_errors": sum(e.env_error is not None for e in episodes),
+            "verifier_errors": sum("verifier_error" in r.details
+                                   for r in records)}
+  if count > 1:
+    infos, counts = gather_episodes(infos, counts, tasks, g)
   wall = time.perf_counter() - wall_start
   stats = {"wall_s": wall, "device_s": device_s, "host_s": wall - device_s,
-           "episodes": len(episodes), "generated_tokens": generated,
-           "turns": sum(len(e.spans) for e in episodes),
-           "env_errors": sum(e.env_error is not None for e in episodes),
-           "verifier_errors": sum("verifier_error" in r.details
-                                  for r in records)}
+           **counts}
   return Rollout(Trajectories(**arrays), infos, stats)
+
+
+def gather_episodes(infos: Sequence[EpisodeInfo], counts: Mapping[str, int],
+                    tasks: Sequence[Any], group_size: int
+                    ) -> tuple[tuple[EpisodeInfo, ...], dict[str, int]]:
+  """Every process's episode metadata in row order, and the counts summed:
+  what each process then holds, so rewards, metrics and reports are
+  computed from the whole step alike on every process (and equal one
+  process's). `tasks` is the global task list; row r is of task r // G."""
+  parts = distributed.allgather_json(
+      {"infos": [i.to_json() for i in infos], "counts": dict(counts)})
+  gathered = [EpisodeInfo.from_json(d, tasks[d["row"] // group_size])
+              for part in parts for d in part["infos"]]
+  summed = {k: sum(int(part["counts"][k]) for part in parts) for k in counts}
+  return tuple(sorted(gathered, key=lambda i: i.row)), summed
 
 
 # ------------------------------------------------------------- transcripts --

@@ -46,16 +46,31 @@ from mosaic_jax.models.decoder import Decoder, KVCache
 class Strategy(Protocol):
   """Picks the next token of each row from its logits."""
 
-  def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
-    """[B, V] float32 logits, a PRNG key -> [B] int32 token ids."""
+  def sample(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    """[B, V] float32 logits, [B] PRNG keys (one a row) -> [B] int32 ids.
+
+    A row's draw depends on its own key and logits only, so it is the same
+    whatever else is in the batch (how many rows, on how many processes).
+    """
+
+
+def _per_row(keys: jax.Array, logits: jax.Array) -> jax.Array:
+  """[B] int32 draws from softmax(logits) `[B, N]`, row b with keys[b]."""
+  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def row_keys(key: jax.Array, rows: jax.Array) -> jax.Array:
+  """[B] keys fold_in(key, rows[b]): a row's key from its index in the
+  whole batch (`rollout` passes global row indices)."""
+  return jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
 
 
 @dataclasses.dataclass(frozen=True)
 class Greedy:
   """The most likely token (ties go to the lowest id, as torch.argmax)."""
 
-  def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
-    del key
+  def sample(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    del keys
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
@@ -64,8 +79,8 @@ class Temperature:
   """A draw from softmax(logits / temperature)."""
   temperature: float = 1.0
 
-  def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
-    return jax.random.categorical(key, logits / self.temperature).astype(jnp.int32)
+  def sample(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+    return _per_row(keys, logits / self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +89,9 @@ class TopK:
   k: int
   temperature: float = 1.0
 
-  def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
+  def sample(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
     top_logits, top_ids = jax.lax.top_k(logits, self.k)
-    choice = jax.random.categorical(key, top_logits / self.temperature)
+    choice = _per_row(keys, top_logits / self.temperature)
     return jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
@@ -87,7 +102,7 @@ class TopP:
   p: float
   temperature: float = 1.0
 
-  def sample(self, logits: jax.Array, key: jax.Array) -> jax.Array:
+  def sample(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
     scaled = logits / self.temperature
     order = jnp.argsort(-scaled, axis=-1)
     sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
@@ -95,7 +110,7 @@ class TopP:
     # Mass strictly before each token: a token is kept while that is < p.
     before = jnp.cumsum(probs, axis=-1) - probs
     kept = jnp.where(before < self.p, sorted_logits, -jnp.inf)
-    choice = jax.random.categorical(key, kept)
+    choice = _per_row(keys, kept)
     return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
@@ -385,6 +400,7 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
     active = jnp.repeat(active, group_size, axis=0)
   b, n = logits.shape[0], config.max_new_tokens
   rows = jnp.arange(b)
+  keys = row_keys(key, rows) if key.ndim == 0 else key
   # Sliced here, once per call: inside the loop the per-layer weights and
   # kv-head-major windows are buffers that every step reads in place.
   full_cache, layers = cache, None
@@ -397,7 +413,8 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
 
   def body(c: _Loop):
     live = ~c.done
-    token = config.strategy.sample(c.logits, jax.random.fold_in(key, c.step))
+    step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, c.step)
+    token = config.strategy.sample(c.logits, step_keys)
     token = jnp.where(live, token, config.pad_id)
     logp = jax.nn.log_softmax(c.logits, axis=-1)[rows, token]
     string_state, hit = stops.step(c.string_state, token)
@@ -474,8 +491,9 @@ def decode(model: Decoder, logits: jax.Array, cache: KVCache, key: jax.Array,
   Args:
     logits: [B, V] next-token logits (from `prefill`).
     cache: the cache those logits came from, with max_new_tokens free slots.
-    key: PRNG key; step i samples with fold_in(key, i). Pass a fresh key per
-      turn.
+    key: a PRNG key, or `[B*G]` keys, one a row (after the group repeat);
+      a single key gives row r the key fold_in(key, r). Step i samples row
+      r with fold_in(key_r, i). Pass fresh keys every turn.
     config: static settings (one compile per config and shape).
     stops: stop tokens and strings (default: none).
     active: [B] bool rows to generate for (default all); inactive rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping, Union
+from typing import Any, Iterable, Mapping, Union
 
 REFUSAL_TOOL = "refusal_tool"
 
@@ -180,3 +180,37 @@ def replace_surrogates_in(value: Any) -> Any:
     return {replace_surrogates(k): replace_surrogates_in(v)
             for k, v in value.items()}
   return value
+
+
+# ------------------------------------------------------------------ JSON --
+
+_ACTIONS = {cls.__name__: cls for cls in (ToolCall, Refusal, Answer,
+                                          InvalidAction)}
+
+
+def turn_to_dict(turn: ParsedTurn) -> dict[str, Any]:
+  """A JSON form of one parsed turn (`turn_from_dict` inverts it)."""
+  action = turn.action
+  fields = ({"name": action.name, "arguments": action.arguments}
+            if isinstance(action, ToolCall) else
+            {"reason": action.reason} if isinstance(action, (Refusal,
+                                                              InvalidAction))
+            else {"text": action.text})
+  return {"action": type(action).__name__, **fields, "plan": turn.plan,
+          "safety_thoughts": turn.safety_thoughts}
+
+
+def turn_from_dict(data: Mapping[str, Any]) -> ParsedTurn:
+  data = dict(data)
+  cls = _ACTIONS[data.pop("action")]
+  plan, safety = data.pop("plan"), data.pop("safety_thoughts")
+  return ParsedTurn(cls(**data), plan=plan, safety_thoughts=safety)
+
+
+def turns_to_json(turns: Iterable[ParsedTurn]) -> list[dict[str, Any]]:
+  return [turn_to_dict(t) for t in turns]
+
+
+def turns_from_json(data: Iterable[Mapping[str, Any]]
+                    ) -> tuple[ParsedTurn, ...]:
+  return tuple(turn_from_dict(t) for t in data)

@@ -20,45 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
-                                      Refusal, ToolCall)
+# The JSON form of a parsed turn lives with the actions (the rollout engine
+# sends turns between processes in it); re-exported here for the records.
+from mosaic_jax.agent.actions import (  # noqa: F401 pylint: disable=unused-import
+    ParsedTurn, turn_from_dict, turn_to_dict, turns_from_json, turns_to_json)
 
 RUN_FILE = "run.json"
 EPISODES_FILE = "episodes.jsonl"
-
-_ACTIONS = {cls.__name__: cls for cls in (ToolCall, Refusal, Answer,
-                                          InvalidAction)}
-
-
-def turn_to_dict(turn: ParsedTurn) -> dict[str, Any]:
-  """A JSON form of one parsed turn (`turn_from_dict` inverts it)."""
-  action = turn.action
-  fields = ({"name": action.name, "arguments": action.arguments}
-            if isinstance(action, ToolCall) else
-            {"reason": action.reason} if isinstance(action, (Refusal,
-                                                              InvalidAction))
-            else {"text": action.text})
-  return {"action": type(action).__name__, **fields, "plan": turn.plan,
-          "safety_thoughts": turn.safety_thoughts}
-
-
-def turn_from_dict(data: Mapping[str, Any]) -> ParsedTurn:
-  data = dict(data)
-  cls = _ACTIONS[data.pop("action")]
-  plan, safety = data.pop("plan"), data.pop("safety_thoughts")
-  return ParsedTurn(cls(**data), plan=plan, safety_thoughts=safety)
-
-
-def turns_to_json(turns: Iterable[ParsedTurn]) -> list[dict[str, Any]]:
-  return [turn_to_dict(t) for t in turns]
-
-
-def turns_from_json(data: Iterable[Mapping[str, Any]]
-                    ) -> tuple[ParsedTurn, ...]:
-  return tuple(turn_from_dict(t) for t in data)
-
 
 class RunMismatchError(ValueError):
   """The output directory holds records of a different run."""

@@ -8,8 +8,8 @@ report through it.
   `eval.strategy`, greedy by default) or the sampled one for claims
   (`claim_config`: `eval.claim_samples` episodes per task at the training
   temperature).
-* Report: `summarize` gathers every process's episodes and builds the
-  built-in report (`eval.builtin.report_from_samples`: `{value, low, high,
+* Report: `summarize` builds, from every task's episodes (every process
+  holds all of them, `rollout.gather_episodes`), the built-in report (`eval.builtin.report_from_samples`: `{value, low, high,
   n}` per metric and group, clustered over tasks, per-task sums).
 * `HeldOut` evaluates a model on the selected splits as the training report
   holds them: the greedy report, and at `before`/`after` the scripted
@@ -25,14 +25,13 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from mosaic_jax import data as data_lib
 from mosaic_jax.envs.base import KINDS, Task
 from mosaic_jax.envs.records import EpisodeRecord
 from mosaic_jax.eval import builtin, report as report_lib
 from mosaic_jax.models import decoder
-from mosaic_jax.rollout import ModelPolicy, RolloutConfig, rollout
+from mosaic_jax.rollout import even_tasks, ModelPolicy, RolloutConfig, rollout
 from mosaic_jax.train import progress as progress_lib
 
 # The headline metrics of a training report (`eval.builtin.episode_metrics`
@@ -96,42 +95,28 @@ def stratified_subset(task_list: Sequence[Task], n: int) -> list[Task]:
 
 
 def play(model: decoder.Decoder, tokenizer: Any,
-             task_list: Sequence[Task], config: ml_collections.ConfigDict,
-             name: str = "model", mesh: jax.sharding.Mesh | None = None,
-             rc: RolloutConfig | None = None,
-             on_batch: Callable[[int], None] | None = None
-             ) -> list[EpisodeRecord]:
+         task_list: Sequence[Task], config: ml_collections.ConfigDict,
+         name: str = "model", mesh: jax.sharding.Mesh | None = None,
+         rc: RolloutConfig | None = None,
+         on_batch: Callable[[int], None] | None = None
+         ) -> list[EpisodeRecord]:
   """Plays every task (`rc`, default the evaluation decoding), `eval.batch`
-  tasks per rollout; this process's records (each process plays its share
-  of each batch; several processes need the mesh). `on_batch(n)` is called
-  after each rollout of `n` tasks."""
+  tasks per rollout; the records of every task, on every process (each
+  process plays its share of each batch; several processes need the mesh).
+  A batch that does not split evenly over the processes is padded with
+  repeats of its last task, whose records are dropped, so every process
+  count evaluates the same tasks. `on_batch(n)` is called after each
+  rollout of `n` tasks."""
   rc = rc or eval_rollout_config(config)
   policy = ModelPolicy(model, tokenizer, name=name)
   records = []
   for start in range(0, len(task_list), config.eval.batch):
-    out = rollout(policy, task_list[start:start + config.eval.batch],
-                  tokenizer, rc, mesh=mesh)
-    records += [e.record for e in out.episodes]
+    batch = list(task_list[start:start + config.eval.batch])
+    out = rollout(policy, even_tasks(batch), tokenizer, rc, mesh=mesh)
+    records += [e.record for e in out.episodes[:len(batch) * rc.group_size]]
     if on_batch is not None:
-      on_batch(len(task_list[start:start + config.eval.batch]))
+      on_batch(len(batch))
   return records
-
-
-def gathered(samples: Mapping[str, report_lib.Samples], codes: np.ndarray
-              ) -> tuple[dict[str, report_lib.Samples], np.ndarray]:
-  """Every process's per-episode samples and task codes (`[N]` int),
-  concatenated (a no-op on one process)."""
-  if jax.process_count() == 1:
-    return dict(samples), codes
-  names = sorted(samples)
-  table = np.stack([np.stack([samples[m].num, samples[m].den], -1)
-                    for m in names], 1)
-  table = np.asarray(multihost_utils.process_allgather(table)).reshape(
-      -1, len(names), 2)
-  codes = np.asarray(multihost_utils.process_allgather(
-      np.asarray(codes, np.int32))).reshape(-1)
-  return ({m: report_lib.Samples(table[:, i, 0], table[:, i, 1])
-           for i, m in enumerate(names)}, codes)
 
 
 def summarize(records: Sequence[EpisodeRecord],
@@ -139,12 +124,12 @@ def summarize(records: Sequence[EpisodeRecord],
               meta: Mapping[str, Any] | None = None,
               n_bootstrap: int = 1000, seed: int = 0,
               confidence: float = 0.95) -> report_lib.Report:
-  """The built-in report of one evaluation over all processes' episodes.
+  """The built-in report of one evaluation.
 
   Args:
-    records: this process's episodes, each of a task in `task_list` (a
-      task's records are its k samples).
-    task_list: the evaluated tasks (the same on every process).
+    records: the episodes (`play`'s: every process holds all of them), each
+      of a task in `task_list` (a task's records are its k samples).
+    task_list: the evaluated tasks.
     name: the run's name in the report.
     meta: extra meta entries (split, step, decoding).
     n_bootstrap, seed, confidence: the bootstrap intervals'.
@@ -159,12 +144,9 @@ def summarize(records: Sequence[EpisodeRecord],
   if not records:
     raise ValueError(f"run {name!r}: no episode records to report on")
   index = {t.task_id: i for i, t in enumerate(task_list)}
-  samples, codes = gathered(
-      builtin.episode_metrics(records),
-      np.asarray([index[r.task.task_id] for r in records], np.int32))
-  played = [task_list[i] for i in codes]
+  played = [task_list[index[r.task.task_id]] for r in records]
   return builtin.report_from_samples(
-      samples, [t.task_id for t in played], [t.suite for t in played],
+      builtin.episode_metrics(records), [t.task_id for t in played], [t.suite for t in played],
       [t.kind for t in played], name, meta=meta, n_bootstrap=n_bootstrap,
       seed=seed, confidence=confidence)
 
@@ -197,20 +179,10 @@ def split_tasks(config: ml_collections.ConfigDict) -> dict[str, list[Task]]:
 def select_tasks(config: ml_collections.ConfigDict,
                  tasks: Mapping[str, Sequence[Task]]
                  ) -> dict[str, list[Task]]:
-  """split -> its stratified subset of `eval.max_tasks`, cut to a multiple
-  of the processes (whole rollouts split evenly over processes).
-
-  Raises:
-    ValueError: `eval.batch` is not a multiple of the processes.
-  """
-  if config.eval.batch % jax.process_count():
-    raise ValueError(f"eval.batch={config.eval.batch} must be a multiple "
-                     f"of the {jax.process_count()} processes")
-  out = {}
-  for split, task_list in tasks.items():
-    subset = stratified_subset(task_list, config.eval.max_tasks)
-    out[split] = subset[:len(subset) - len(subset) % jax.process_count()]
-  return out
+  """split -> its stratified subset of `eval.max_tasks` (the same whatever
+  the process count: `play` pads a batch that does not split evenly)."""
+  return {split: stratified_subset(task_list, config.eval.max_tasks)
+          for split, task_list in tasks.items()}
 
 
 class HeldOut:

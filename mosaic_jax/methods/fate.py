@@ -65,8 +65,11 @@ Both PFPO parts share one AdamW state at `optimizer.lr`, scheduled over all
 rounds' steps. A checkpoint is written after every round (the train state;
 as JSON the phase, the round, both task iterators and the replay buffer), so
 a restart resumes at the next round; SIGTERM likewise takes effect at the end
-of the round in progress (`mosaic_jax.train.faults`). Single process: the
-PFPO batch is built from one process's rollout.
+of the round in progress (`mosaic_jax.train.faults`). With several
+processes each plays its share of every rollout and all of them hold every
+episode (`rollout.gather_episodes`), so they mine the same failures, keep
+the same repairs and draw the same PFPO-SFT batches (`train.run`'s
+ownership rule).
 """
 
 from __future__ import annotations
@@ -87,14 +90,14 @@ from mosaic_jax import batches as batches_lib, distributed, losses, pareto
 from mosaic_jax import rewards, sections
 from mosaic_jax.agent import protocol
 from mosaic_jax.agent.actions import InvalidAction
-from mosaic_jax.batches import PGBatch, SFTBatch, padded_sft_batch
+from mosaic_jax.batches import SFTBatch, padded_sft_batch
 from mosaic_jax.envs import tasks as tasks_lib
 from mosaic_jax.envs import transcripts, verifiers
 from mosaic_jax.envs.transcripts import call_text
 from mosaic_jax.envs.base import Environment
 from mosaic_jax.eval import heldout
 from mosaic_jax.rollout import (EpisodeInfo, ModelPolicy, RolloutConfig,
-                                TurnPolicy, rollout)
+                                TurnPolicy, even_tasks, rollout)
 from mosaic_jax.train import faults, pg, run as run_lib, sft_data
 from mosaic_jax.train import state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
@@ -486,8 +489,8 @@ def run_round(policy: TurnPolicy, task_list: Sequence[Any], tokenizer: Any,
               *, repair_policy: TurnPolicy | None = None,
               round_index: int = 0, repair_seed: int | None = None,
               make_env: Callable[[Any], Environment] = tasks_lib.make_env,
-              verify: Callable[..., verifiers.Verdict] = verifiers.verify
-              ) -> RoundResult:
+              verify: Callable[..., verifiers.Verdict] = verifiers.verify,
+              mesh: jax.sharding.Mesh | None = None) -> RoundResult:
   """Mines failures, samples and scores K repairs each, stores the best.
 
   Args:
@@ -504,6 +507,9 @@ def run_round(policy: TurnPolicy, task_list: Sequence[Any], tokenizer: Any,
       + 1, so repairs do not replay the mining episodes' draws).
     make_env: task -> fresh environment.
     verify: the verifier.
+    mesh: the rollouts' mesh (required with several processes, which each
+      play their share; every process then holds every episode, so all of
+      them mine the same failures and fill their buffers alike).
 
   Returns:
     The RoundResult. `stats`: episodes, failures, failures/<objective>
@@ -514,7 +520,7 @@ def run_round(policy: TurnPolicy, task_list: Sequence[Any], tokenizer: Any,
     buffer_size.
   """
   out = rollout(policy, task_list, tokenizer, config, make_env=make_env,
-                verify=verify)
+                verify=verify, mesh=mesh)
   z_all = np.stack([e.record.z for e in out.episodes]) if out.episodes else (
       np.zeros((0, 4), np.float32))
   lengths = rewards.generated_lengths(out)
@@ -547,11 +553,16 @@ def run_round(policy: TurnPolicy, task_list: Sequence[Any], tokenizer: Any,
         config, group_size=k,
         max_total_length=config.max_total_length + fate.prompt_extra_tokens,
         seed=config.seed + 1 if repair_seed is None else repair_seed)
-    rep = rollout(repair_policy or policy, repair_tasks, tokenizer,
-                  repair_config, make_env=make_env, verify=verify)
-    z = np.stack([e.record.z for e in rep.episodes]).reshape(-1, k, 4)
+    # The failures need not split evenly over processes: padded, and the
+    # padding's episodes dropped.
+    rep = rollout(repair_policy or policy, even_tasks(repair_tasks),
+                  tokenizer, repair_config, make_env=make_env, verify=verify,
+                  mesh=mesh)
+    kept_rows = len(repair_tasks) * k
+    z = np.stack([e.record.z for e in rep.episodes[:kept_rows]]).reshape(
+        -1, k, 4)
     r = np.asarray(rewards.repair_scores(
-        z, rewards.generated_lengths(rep).reshape(-1, k),
+        z, rewards.generated_lengths(rep)[:kept_rows].reshape(-1, k),
         length_coef=fate.length_coef, l0=fate.length_l0))
     valid = z[..., _VALIDITY] >= 1.0
     best = np.asarray(jax.vmap(pareto.select_best)(
@@ -634,28 +645,29 @@ def sft_batch(entries: Sequence[BufferEntry], tokenizer: Any,
   return padded_sft_batch(examples, rows, length, pad), len(examples)
 
 
-def pg_batch(out: Any, fate: FateConfig, *, ddof: int = 0, eps: float = 1e-6,
-             tie: str = "keep") -> tuple[PGBatch, np.ndarray]:
-  """A single-process rollout as a PFPO batch; also its rewards `[B, G]`.
+def pg_advantages(out: Any, fate: FateConfig, group_size: int, *,
+                  ddof: int = 0, eps: float = 1e-6, tie: str = "keep"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """PFPO's advantages of a rollout, its rewards and its groups' signal
+  (each `[B, G]` / `[B]`), from the episodes' z and generated lengths (host
+  data every process holds whole).
 
   `tie` is `rl.tie_advantage`: with "zero", a group whose objective
   vectors z are all equal gets A = 0 (its R_pf tie-break would rank it by
   length alone, `losses.tie_advantages`).
   """
-  traj = out.trajectories
-  groups = int(np.max(np.asarray(traj.group_ids))) + 1
-  z = jnp.asarray(traj.z).reshape(groups, -1, 4)
-  lengths = jnp.sum(traj.loss_mask, axis=1).reshape(groups, -1)
+  z = jnp.asarray(np.stack([e.record.z for e in out.episodes]).reshape(
+      -1, group_size, 4))
+  lengths = jnp.asarray(rewards.generated_lengths(out).reshape(
+      -1, group_size))
   r_pf = rewards.repair_scores(z, lengths, length_coef=fate.length_coef,
-                       l0=fate.length_l0)
+                               l0=fate.length_l0)
   step_rewards = rewards.fate_group_rewards(z, r_pf, fate)
+  signal = losses.group_has_signal(z)
   adv = losses.tie_advantages(
-      losses.group_advantages(step_rewards, ddof=ddof, eps=eps),
-      losses.group_has_signal(z), tie).reshape(-1)
-  batch = PGBatch(tokens=traj.tokens, loss_mask=traj.loss_mask,
-                  attention_mask=traj.attention_mask, advantages=adv,
-                  old_logp=traj.logprobs)
-  return batch, np.asarray(step_rewards)
+      losses.group_advantages(step_rewards, ddof=ddof, eps=eps), signal, tie)
+  return (np.asarray(adv, np.float32), np.asarray(step_rewards),
+          np.asarray(signal))
 
 
 # ------------------------------------------------------------------- loop --
@@ -695,7 +707,9 @@ def _pfpo_sft_step(r: run_lib.Run, state: state_lib.TrainState,
   entries = buffer.sample(rows, rng)
   batch, n = sft_batch(entries, r.tokenizer, fcfg.conditioning, rows=rows,
                        length=c.fate.sft_max_len)
-  state, metrics = sft_step(state, batches_lib.to_global(batch, r.mesh))
+  # The buffer and its sampler are the same on every process: the whole
+  # batch, of which each process places its rows.
+  state, metrics = sft_step(state, batches_lib.place_global(batch, r.mesh))
   # Dispatch is asynchronous: wait, so step_s includes the update.
   metrics = jax.block_until_ready(metrics)
   faults.fault_point("update", step + 1)
@@ -716,20 +730,19 @@ def _pfpo_pg_step(r: run_lib.Run, state: state_lib.TrainState,
   tasks = next(pg_it)
   out = rollout(ModelPolicy(state.model(), r.tokenizer, name="policy"),
                 tasks, r.tokenizer,
-                pg.rl_rollout_config(c, seed=pg.step_seed(state.rng, step)))
+                pg.rl_rollout_config(c, seed=pg.step_seed(state.rng, step)),
+                mesh=pg.rollout_mesh(r.mesh))
   faults.fault_point("rollout", step + 1)
-  batch, step_rewards = pg_batch(
-      out, fcfg, ddof=c.rl.adv_ddof, eps=c.rl.adv_eps,
+  adv, step_rewards, signal = pg_advantages(
+      out, fcfg, c.rl.group_size, ddof=c.rl.adv_ddof, eps=c.rl.adv_eps,
       tie=c.rl.get("tie_advantage", "zero"))
-  batch = batches_lib.to_global(batch, r.mesh)
-  state, metrics, entropy = pg.pg_update(state, batch, reference, pg_step,
-                                         pg_cfg, c.rl.kl_beta)
+  state, metrics, entropy = pg.pg_update(
+      state, pg.rollout_batch(out, adv, r.mesh), reference, pg_step, pg_cfg,
+      c.rl.kl_beta)
   faults.fault_point("update", step + 1)
-  z = np.asarray(out.trajectories.z).reshape(step_rewards.shape + (-1,))
-  signal = np.asarray(losses.group_has_signal(z))
   r.log_step("fate_pg", step + 1, pg.step_metrics(
       metrics, entropy, out, {fcfg.reward: step_rewards}, step_rewards,
-      signal, np.asarray(batch.advantages)),
+      signal, adv),
              {"step_s": time.perf_counter() - start},
              [t.task_id for t in tasks])
   return state
@@ -746,14 +759,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     `workdir/report.json`.
 
   Raises:
-    ValueError: with several processes (see the module docstring), or an
-      unknown `fate.*` choice (`FateConfig`).
+    ValueError: an unknown `fate.*` choice (`FateConfig`).
     faults.Preempted, faults.NonFiniteError: as `methods.mosaic.run`.
   """
   validate.check_start(config)
   distributed.initialize_from_config(config.distributed)
-  if jax.process_count() > 1:
-    raise ValueError("the FATE loop runs on one process")
   c = config
   fcfg = FateConfig.from_config(c.fate)
   ws = run_lib.warm_start(c)
@@ -809,7 +819,7 @@ def rounds(ws: run_lib.WarmStart, fcfg: FateConfig) -> dict[str, Any]:
       result = run_round(
           ModelPolicy(state.model(), r.tokenizer, name="policy"),
           next(mine_it), r.tokenizer, mine_config, fcfg, buffer,
-          round_index=round_index)
+          round_index=round_index, mesh=pg.rollout_mesh(r.mesh))
       faults.fault_point("rollout", step + 1)
       r.log(step, result.stats, "fate/")
       r.log(step, {"round_s": time.perf_counter() - start},

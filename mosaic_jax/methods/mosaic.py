@@ -23,13 +23,11 @@ from typing import Any, Mapping
 
 import jax
 import ml_collections
-import numpy as np
 
-from mosaic_jax import batches as batches_lib, distributed
-from mosaic_jax import judge as judge_lib, rewards, sharding
+from mosaic_jax import distributed, judge as judge_lib, rewards
 from mosaic_jax.eval import heldout
 from mosaic_jax.models import convert, decoder
-from mosaic_jax.rollout import ModelPolicy, Rollout, rollout
+from mosaic_jax.rollout import ModelPolicy, rollout
 from mosaic_jax.train import faults, pg, run as run_lib
 from mosaic_jax.train import state as state_lib, steps as steps_lib
 from mosaic_jax.train import validate
@@ -48,22 +46,6 @@ def rl_optimizer(config: ml_collections.ConfigDict,
   return dataclasses.replace(
       state_lib.OptimizerConfig.from_config(config.optimizer),
       total_steps=schedule_steps * updates)
-
-
-def rl_batch(out: Rollout, advantages: np.ndarray, mesh: jax.sharding.Mesh
-             ) -> batches_lib.PGBatch:
-  """The PG batch of a rollout: trajectories and advantages `[B, G]` (rows
-  in group order), placed on the mesh; `train.pg.pg_update` adds π_old and
-  π_ref."""
-  traj = out.trajectories
-  fields = dict(tokens=traj.tokens, loss_mask=traj.loss_mask,
-                attention_mask=traj.attention_mask, old_logp=traj.logprobs)
-  if jax.process_count() == 1:
-    # Several processes' trajectories are global (sharded) already.
-    fields = sharding.shard_batch(fields, mesh)
-  return batches_lib.PGBatch(
-      **fields, advantages=batches_lib.to_global(
-          np.asarray(advantages).reshape(-1), mesh))
 
 
 def make_judge(config: ml_collections.ConfigDict,
@@ -116,7 +98,7 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
     policy = ModelPolicy(state.model(), r.tokenizer, name="policy")
     out = rollout(policy, tasks, r.tokenizer,
                   pg.rl_rollout_config(c, seed=pg.step_seed(state.rng, step)),
-                  mesh=r.mesh if jax.process_count() > 1 else None)
+                  mesh=pg.rollout_mesh(r.mesh))
     rollout_s = time.perf_counter() - start
     faults.fault_point("rollout", step + 1)
     components = rewards.reward_components(out, judge, c.rl)
@@ -124,7 +106,7 @@ def rl_phase(r: run_lib.Run, state: state_lib.TrainState,
     judged = {f"judge/{k}": v for k, v in judge_lib.take_stats(judge).items()}
     adv, signal = rewards.task_advantages(components, c.rl)
     state, metrics, entropy = pg.pg_update(
-        state, rl_batch(out, adv, r.mesh), reference, pg_step, pg_cfg,
+        state, pg.rollout_batch(out, adv, r.mesh), reference, pg_step, pg_cfg,
         c.rl.kl_beta)
     step += 1
     faults.fault_point("update", step)

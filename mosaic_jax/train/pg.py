@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mosaic_jax import rewards
+from mosaic_jax import batches as batches_lib, rewards, sharding
 from mosaic_jax.batches import PGBatch
 from mosaic_jax.eval import builtin
 from mosaic_jax.models import decoder
@@ -76,6 +76,28 @@ def pg_update(state: state_lib.TrainState, batch: PGBatch,
   state, metrics = pg_step(state, batch)
   return state, jax.block_until_ready(metrics), entropy
 
+def rollout_batch(out: Rollout, advantages: np.ndarray,
+                  mesh: jax.sharding.Mesh) -> PGBatch:
+  """The PG batch of a rollout: trajectories and advantages `[B, G]` (rows
+  in group order, computed on every process from the whole step), placed
+  on the mesh; `pg_update` adds π_old and π_ref."""
+  traj = out.trajectories
+  fields = dict(tokens=traj.tokens, loss_mask=traj.loss_mask,
+                attention_mask=traj.attention_mask, old_logp=traj.logprobs)
+  if jax.process_count() == 1:
+    # Several processes' trajectories are global (sharded) already.
+    fields = sharding.shard_batch(fields, mesh)
+  return PGBatch(**fields, advantages=batches_lib.place_global(
+      np.asarray(advantages, np.float32).reshape(-1), mesh))
+
+
+def rollout_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh | None:
+  """The mesh `rollout` places its arrays on: the run's with several
+  processes (each contributes its rows), none with one (`rollout_batch`
+  shards them)."""
+  return mesh if jax.process_count() > 1 else None
+
+
 def completion_metrics(out: Rollout) -> dict[str, float]:
   """TRL's completion metrics: generated tokens per episode (mean, min,
   max) and `completions/clipped_ratio`, the share of episodes that ended on
@@ -90,7 +112,7 @@ def completion_metrics(out: Rollout) -> dict[str, float]:
 
 
 def rollout_stats(out: Rollout) -> dict[str, float]:
-  """Batch statistics of this process's RL episodes (logged every step)."""
+  """Batch statistics of the step's RL episodes (logged every step)."""
   m = builtin.episode_metrics([e.record for e in out.episodes])
   stats = {}
   for name in ("harmful_compliance", "harmful_executed", "injection_asr",
@@ -103,8 +125,7 @@ def rollout_stats(out: Rollout) -> dict[str, float]:
   # Episodes ended by an environment or verifier that raised (0 normally).
   for name in ("env_errors", "verifier_errors"):
     stats[f"batch/{name}"] = float(out.stats.get(name, 0))
-  stats["batch/mean_length"] = float(np.mean(
-      np.asarray(out.trajectories.lengths)))
+  stats["batch/mean_length"] = float(np.mean([e.length for e in out.episodes]))
   return stats
 
 

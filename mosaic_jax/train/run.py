@@ -126,11 +126,16 @@ def copy_model(model: decoder.Decoder) -> decoder.Decoder:
 
 def task_iterator(config: ml_collections.ConfigDict, batch_size: int,
                   seed_offset: int, saved: Any = None) -> Iterator[Any]:
-  """A seeded train-task iterator (grain, `seed + seed_offset`), at its
-  saved position when `saved` (an iterator state) is given."""
+  """A seeded train-task iterator (grain, `seed + seed_offset`) of global
+  batches, at its saved position when `saved` (an iterator state) is given.
+
+  Every process reads the same stream (the ownership rule, module
+  docstring): a step's tasks, its data position and so its checkpoint are
+  the same whatever the process count."""
   it = iter(data_lib.task_pipeline(config.data, "train",
                                    batch_size=batch_size,
-                                   seed=config.seed + seed_offset))
+                                   seed=config.seed + seed_offset,
+                                   process_index=0, process_count=1))
   if saved:
     it.set_state(saved)
   return it
@@ -329,12 +334,11 @@ class Run:
 
   def iterator(self, phase: str, extra: Mapping[str, Any],
                per_step: int) -> Iterator[Any]:
-    """The phase's grain task iterator (`per_step` tasks a step over all
-    processes, seed + the phase's index in `PHASES`), at its checkpointed
-    position."""
+    """The phase's grain task iterator (`per_step` tasks a step, the
+    global batch on every process; seed + the phase's index in `PHASES`),
+    at its checkpointed position."""
     saved = extra.get("data") if extra.get("phase") == phase else None
-    return task_iterator(self.config, per_step // jax.process_count(),
-                         PHASES.index(phase), saved)
+    return task_iterator(self.config, per_step, PHASES.index(phase), saved)
 
   def save(self, state: state_lib.TrainState, phase: str, it: Any,
            force: bool = False,
@@ -388,7 +392,6 @@ class Run:
     step_fn = steps_lib.make_sft_step(
         steps_lib.SFTConfig.from_config(c.sft),
         state_lib.learning_rate_schedule(self.sft_opt))
-    rows = c.sft.batch // jax.process_count()
     pad = self.tokenizer.pad_token_id
     step = int(state.step)
     if step < c.sft.steps:
@@ -405,14 +408,13 @@ class Run:
           seed=draw, max_len=c.sft.max_len,
           bucket=c.sft.bucket, max_turns=c.rollout.max_turns)
       faults.fault_point("rollout", step)
-      # sft_examples pads to a bucket multiple (an all-dropped batch is
-      # empty); processes' rows must share one length, so several pad to
-      # max_len.
-      length = (c.sft.max_len if jax.process_count() > 1 else
-                max(examples.tokens.shape[1], c.sft.bucket))
-      batch = batches_lib.to_global(batches_lib.padded_sft_batch(
+      # Every process builds the whole step's batch (scripted episodes, host
+      # work) and places its own rows of it. sft_examples pads to a bucket
+      # multiple (an all-dropped batch is empty).
+      length = max(examples.tokens.shape[1], c.sft.bucket)
+      batch = batches_lib.place_global(batches_lib.padded_sft_batch(
           zip(examples.tokens, examples.loss_mask, examples.attention_mask),
-          rows, length, pad), self.mesh)
+          c.sft.batch, length, pad), self.mesh)
       state, metrics = step_fn(state, batch)
       # Dispatch is asynchronous: wait, so step_s includes the update.
       metrics = jax.block_until_ready(metrics)

@@ -17,9 +17,9 @@ and checkpoint before it builds the model.
   lines their constructors raise), then what no one dataclass owns: fields
   the loops read directly (reward, advantage estimator, scripted policies,
   preset, dtype, remat, steps and batch sizes), batch splits that must
-  divide (micro-batches, processes), the mesh against the device count, and
-  FATE on one process (the `fate` section is `methods.fate.FateConfig`'s,
-  which its run builds first).
+  divide (micro-batches, processes; FATE's round and SFT batches too), and
+  the mesh against the device count (the `fate` section's own fields are
+  `methods.fate.FateConfig`'s, which its run builds first).
 * `start_problems` (part of `value_problems`, pure Python, so it runs before
   the process group starts): a full-size preset without `model.path` (random
   init only with `model.random_init=True`), the `optimizer` and `rl`
@@ -254,9 +254,10 @@ def value_problems(config: ml_collections.ConfigDict,
     sections.divides(p, "rl.microbatch", rl.microbatch,
              rl.tasks_per_step * rl.group_size // processes,
              "rl.tasks_per_step x rl.group_size per process")
+  # (An evaluation batch need not split evenly: `eval.heldout.play` pads
+  # it.)
   for name, value in [("sft.batch", sft.batch),
-                      ("rl.tasks_per_step", rl.tasks_per_step),
-                      ("eval.batch", config.eval.batch)]:
+                      ("rl.tasks_per_step", rl.tasks_per_step)]:
     if isinstance(value, int) and value % processes:
       p.append(f"{name}={value} is not a multiple of the {processes} "
                "processes; each process takes an equal share")
@@ -307,11 +308,13 @@ def value_problems(config: ml_collections.ConfigDict,
   except ValueError as e:
     p.append(f"mesh: {e}")
   # The `fate` section's own choices are checked by `FateConfig` (the FATE
-  # run reads it first); across sections: FATE runs on one process.
+  # run reads it first); across sections: the shares of its processes.
   if "fate" in config and config.get("method", "mosaic") == "fate":
-    if processes > 1:
-      p.append("method: the FATE loop runs on one process; run it without "
-               "a process group")
+    for name in ("tasks_per_round", "sft_batch"):
+      value = config.fate.get(name)
+      if isinstance(value, int) and value % processes:
+        p.append(f"fate.{name}={value} is not a multiple of the {processes} "
+                 "processes; each process takes an equal share")
   return p
 
 
