@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from absl import app, flags
 
@@ -37,6 +37,9 @@ _DEVICES = flags.DEFINE_integer(
     "CPU devices each process simulates (--xla_force_host_platform_device_"
     "count); 0 leaves XLA_FLAGS as it is (GPU/TPU hosts)")
 _PORT = flags.DEFINE_integer("port", 0, "coordinator port (0: a free one)")
+_PROCESS_ENV = flags.DEFINE_multi_string(
+    "process_env", [], "PID:NAME=VALUE, a variable for one process only "
+    "(repeatable), e.g. 1:MOSAIC_FAULT=kill@update:5 kills process 1 there")
 _GRACE = flags.DEFINE_float(
     "grace_s", 10.0, "seconds the others get to exit after one fails, before "
     "they are killed")
@@ -74,9 +77,27 @@ def _pump(pid: int, stream, lock: threading.Lock) -> None:
 
 def launch(argv: Sequence[str], processes: int, devices_per_process: int = 1,
            port: int = 0, grace_s: float = 10.0,
-           env: dict[str, str] | None = None) -> int:
+           env: Mapping[str, str] | None = None,
+           process_env_extra: Mapping[int, Mapping[str, str]] | None = None,
+           cwd: str | None = None) -> int:
   """Runs `python *argv` as `processes` processes; returns the exit status
-  (0, or the first nonzero status)."""
+  (0, or the first nonzero status).
+
+  Args:
+    argv: the arguments of `python` (e.g. `["-m", "experiments.train",
+      ...]`).
+    processes: how many processes.
+    devices_per_process: CPU devices each simulates (0: XLA_FLAGS as is).
+    port: the coordinator's port (0: a free one).
+    grace_s: how long the others may run on after one failed.
+    env: the base environment (default: this process's).
+    process_env_extra: pid -> variables for that process only (e.g. a
+      fault injected into one of them, `train.faults`).
+    cwd: the working directory of the processes.
+
+  SIGTERM to the launcher is passed on to every process (a preemption:
+  each checkpoints and exits with `train.faults.PREEMPTED_EXIT`).
+  """
   if processes < 1:
     raise ValueError(f"--processes={processes}: must be at least 1")
   if not argv:
@@ -87,15 +108,23 @@ def launch(argv: Sequence[str], processes: int, devices_per_process: int = 1,
   lock = threading.Lock()
   procs, pumps = [], []
   for pid in range(processes):
-    proc = subprocess.Popen(
-        [sys.executable, *argv],
-        env=process_env(base, pid, processes, port, devices_per_process),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    penv = process_env(base, pid, processes, port, devices_per_process)
+    penv.update((process_env_extra or {}).get(pid, {}))
+    proc = subprocess.Popen([sys.executable, *argv], env=penv, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     procs.append(proc)
     pumps.append(threading.Thread(target=_pump, args=(pid, proc.stdout, lock),
                                   daemon=True))
     pumps[-1].start()
   status, failed_at = 0, None
+  def forward(signum, frame):
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+  previous = (signal.signal(signal.SIGTERM, forward)
+              if threading.current_thread() is threading.main_thread()
+              else None)
   try:
     while any(p.poll() is None for p in procs):
       for p in procs:
@@ -114,6 +143,9 @@ def launch(argv: Sequence[str], processes: int, devices_per_process: int = 1,
     for p in procs:
       p.wait()
     raise
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   for p in procs:
     if status == 0 and p.returncode != 0:
       status = p.returncode
@@ -122,11 +154,29 @@ def launch(argv: Sequence[str], processes: int, devices_per_process: int = 1,
   return status
 
 
+def parse_process_env(specs: Sequence[str]) -> dict[int, dict[str, str]]:
+  """`["PID:NAME=VALUE", ...]` -> {pid: {name: value}}.
+
+  Raises:
+    ValueError: a spec is not PID:NAME=VALUE.
+  """
+  out: dict[int, dict[str, str]] = {}
+  for spec in specs:
+    pid, sep, assignment = spec.partition(":")
+    name, eq, value = assignment.partition("=")
+    if not (sep and eq and name and pid.isdigit()):
+      raise ValueError(f"--process_env={spec!r}: expected PID:NAME=VALUE, "
+                       "e.g. 1:MOSAIC_FAULT=kill@update:5")
+    out.setdefault(int(pid), {})[name] = value
+  return out
+
+
 def main(argv: Sequence[str]) -> None:
   # absl keeps what follows `--` as positional arguments.
   rest = list(argv[1:])
   status = launch(rest, _PROCESSES.value, _DEVICES.value, _PORT.value,
-                  _GRACE.value)
+                  _GRACE.value,
+                  process_env_extra=parse_process_env(_PROCESS_ENV.value))
   # A signal's negative status becomes the shell's 128 + signal.
   sys.exit(status if status >= 0 else 128 - status)
 
