@@ -23,6 +23,21 @@ Both methods (`methods.mosaic`, `methods.fate`) start the same way
    report}, ...}`. The final splits are never evaluated between the two, so
    nothing during training can be chosen on them.
 
+Processes (the ownership rule, the same in every phase and both methods):
+every process draws the step's *global* batch from the same grain stream
+(`task_iterator`), so data positions and checkpoints do not depend on the
+process count. Of N tasks, process p owns the contiguous block
+[p*N/P, (p+1)*N/P) (`rollout.process_rows`): it steps those episodes'
+environments and places those rows on its own devices (a process-major
+mesh, `distributed.host_local_batch_to_global`). The episodes' host
+metadata are then gathered (`rollout.gather_episodes`), so every process
+computes the rewards, advantages, metrics and reports of the whole step
+alike; only process 0 writes them. Host arrays every process holds whole
+(SFT batches, advantages) are placed by their rows (`batches.place_global`);
+sampling keys are per global row (`sampling.row_keys`). So N processes
+compute what one process with the same mesh computes
+(`tests/test_multihost_train.py`).
+
 Checkpoints (`workdir/checkpoints`, every `checkpoint.every` steps, newest
 `checkpoint.keep` kept) hold the train state (params, AdamW state, step, RNG)
 and, as JSON, the phase, the phase's step and the grain iterator state. Steps
