@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from configs import fate_tiny
-from mosaic_jax import rewards, rollout
+from mosaic_jax import rewards, rollout, sharding
 from mosaic_jax.methods import fate
 from mosaic_jax.agent.actions import (Answer, InvalidAction, ParsedTurn,
                                       Refusal, ToolCall)
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 from mosaic_jax.envs import scripted, tasks, transcripts, verifiers
 from mosaic_jax.models import init_model, presets
-from mosaic_jax.train import state as state_lib
+from mosaic_jax.train import pg, state as state_lib
 from mosaic_jax.train import steps
 
 # Room for every scripted episode (obeying an injection adds turns).
@@ -381,10 +381,13 @@ def test_pfpo_sft_and_pg_steps_change_params(tok, first_round, round_tasks):
                         [round_tasks[0], round_tasks[2]], tok,
                         dataclasses.replace(RC, group_size=2,
                                             max_total_length=1024))
-  batch, step_rewards = fate.pg_batch(out, FATE)
+  adv, step_rewards, signal = fate.pg_advantages(out, FATE, 2)
   np.testing.assert_allclose(step_rewards, [[0.5, 1.0], [1.0, 1.0]],
                              rtol=1e-6)
-  np.testing.assert_allclose(batch.advantages, [-1, 1, 0, 0], atol=1e-4)
+  np.testing.assert_allclose(adv, [[-1, 1], [0, 0]], atol=1e-4)
+  np.testing.assert_array_equal(signal, [True, False])
+  batch = pg.rollout_batch(out, adv, sharding.make_mesh(
+      dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1]))
   pg_step = steps.make_pg_step(steps.PGConfig(chunk_size=256))
   state, metrics = pg_step(state, batch)
   assert metrics["skipped"] == 0
