@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mosaic_jax import sections, sharding
 from mosaic_jax.envs.base import Task
@@ -524,9 +525,14 @@ class LLMJudge:
         mask[r, length - len(ids):] = 1
       if self.mesh is not None:
         tokens, mask = sharding.shard_batch((tokens, mask), self.mesh)
-      logits = np.asarray(_answer_logits(
-          self.graphdef, self.params, jnp.asarray(tokens), jnp.asarray(mask),
-          self.answer_ids), np.float64)
+      logits = _answer_logits(self.graphdef, self.params, jnp.asarray(tokens),
+                              jnp.asarray(mask), self.answer_ids)
+      if not logits.is_fully_addressable:
+        # Several processes score the same rows (each holds every episode,
+        # `rollout.gather_episodes`); the rows sharded over all of them
+        # come back whole to each.
+        logits = multihost_utils.process_allgather(logits, tiled=True)
+      logits = np.asarray(logits, np.float64)
       self.forwards += 1
       self._stats["forwards"] += 1
       # softmax over the two answers, first entry: P(answer "A").

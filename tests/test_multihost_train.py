@@ -8,9 +8,10 @@ shape, so the same global program. Every process draws the step's global
 batch, plays its own block of it and receives every episode's metadata
 (`train.run`'s ownership rule; sampling keys are per global row), so every
 logged metric, the reports and the final parameters agree (to 1e-5; on CPU
-they are bit-equal). The MOSAIC job's 2-process run has one process killed
-mid-run and both relaunched: it resumes from the last checkpoint, and its
-metrics still equal the uninterrupted 1-process run's.
+they are bit-equal). The MOSAIC job runs with the LLM judge (on the mesh,
+its cache checkpointed); its 2-process run has one process killed mid-run
+and both relaunched: it resumes from the last checkpoint, and its metrics
+still equal the uninterrupted 1-process run's.
 """
 import json
 import os
@@ -39,8 +40,14 @@ TIMEOUT_S = 900
 KILL_STEP = loop.TOTAL
 
 
+# The MOSAIC job with the LLM judge (the frozen reference policy as judge):
+# every process scores the whole step's pairs, sharded over all devices.
+LLM_JUDGE = ["--config.judge.kind=llm", "--config.judge.transcript_tokens=32",
+             "--config.judge.bucket=128", "--config.judge.pair_batch=4"]
+
+
 def _mosaic_args(model_dir, data_dir, workdir):
-  return loop._command(model_dir, data_dir, workdir)[1:]
+  return loop._command(model_dir, data_dir, workdir)[1:] + LLM_JUDGE
 
 
 def _fate_args(model_dir, data_dir, workdir):
@@ -165,7 +172,7 @@ def test_two_processes_equal_one_in_mosaic(mosaic_runs):
   # SFT, RL and the periodic evaluation: every step's metrics.
   steps = {step for step, _ in loop._metrics(two)}
   assert steps == set(range(1, loop.TOTAL + 1))
-  assert {"rl/loss", "rl/reward", "rl/batch/validity",
+  assert {"rl/loss", "rl/reward", "rl/batch/validity", "rl/judge/forwards",
           "eval/harmful_compliance"} <= {
               name for _, name in loop._metrics(two)}
   _assert_close_metrics(two, one)
