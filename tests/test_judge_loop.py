@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from mosaic_jax import data as data_lib, judge, sharding
-from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
+from mosaic_jax import judge, sharding
 from mosaic_jax.eval import harness
 from mosaic_jax.methods import mosaic
-from mosaic_jax.models import convert, init_model, presets
+from mosaic_jax.models import convert, presets
 from mosaic_jax.train import checkpoint, faults, run as run_lib
 from mosaic_jax.train import steps as steps_lib
 from tests import test_train_loop as loop
@@ -82,16 +81,9 @@ def test_the_cache_round_trips_through_json():
   assert again.forwards == 0 and again.take_stats()["cache_hits"] == 3
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-  """(policy model dir, data dir) shared by the module's runs."""
-  root = tmp_path_factory.mktemp("judge_loop")
-  model_dir, data_dir = str(root / "model"), str(root / "data")
-  convert.save_orbax(init_model(MINUSCULE, seed=0), model_dir,
-                     tokenizer=load_tiny_tokenizer())
-  config = _config(model_dir, data_dir, str(root / "unused"))
-  data_lib.prepare(config.data, [data_lib.TASKS])
-  return model_dir, data_dir
+# (policy model dir, data dir): test_train_loop's module fixture, the same
+# minuscule model and task dataset.
+assets = loop.assets
 
 
 def _config(model_dir, data_dir, workdir, kind="llm"):

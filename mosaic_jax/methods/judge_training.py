@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -55,8 +55,9 @@ SPLITS = ("train", "validation", "test", "test_ood")
 
 
 @dataclasses.dataclass(frozen=True)
-class JudgeTrainConfig:
-  """The `judge_train` section (configs/judge_settings.py).
+class JudgeTrainConfig(sections.Section):
+  """The `judge_train` section (configs/judge_settings.py); a bad value
+  raises one line per field (`sections.Section`).
 
   Attributes:
     policies: scripted policies (`envs.scripted.POLICIES`) whose episodes
@@ -89,36 +90,47 @@ class JudgeTrainConfig:
   max_total_length: int = 8192
   bins: int = 10
 
-  @classmethod
-  def from_config(cls, config: Any) -> "JudgeTrainConfig":
-    return sections.from_section(cls, config.judge_train)
+  SECTION: ClassVar[str] = "judge_train"
 
-  def problems(self) -> list[str]:
+  @classmethod
+  def field_problems(cls, values: Mapping[str, Any]) -> list[str]:
     """One line per bad field, naming it."""
     p = []
-    bad = [n for n in self.policies if n not in scripted.POLICIES]
-    if bad or len(set(self.policies)) < 2:
-      p.append(f"judge_train.policies={tuple(self.policies)!r}: need at "
+    policies = values["policies"]
+    policies = (tuple(policies) if isinstance(policies, (list, tuple))
+                else (policies,))
+    bad = [n for n in policies if n not in scripted.POLICIES]
+    if bad or len(set(policies)) < 2:
+      p.append(f"judge_train.policies={policies!r}: need at "
                f"least two of {sorted(scripted.POLICIES)}")
-    for split in self.eval_splits:
+    splits = values["eval_splits"]
+    splits = (tuple(splits) if isinstance(splits, (list, tuple))
+              else (splits,))
+    for split in splits:
       if split not in SPLITS[1:]:
         p.append(f"judge_train.eval_splits: {split!r} is not one of "
                  f"{SPLITS[1:]}")
-    if not self.eval_splits:
+    if not splits:
       p.append("judge_train.eval_splits: empty; name at least one split")
+    ints_ok = True
     for name, low in (("train_tasks", 0), ("eval_tasks", 0),
                       ("pairs_per_task", 1), ("steps", 0), ("batch", 1),
                       ("microbatch", 0), ("warmup_steps", 0),
                       ("max_turns", 1), ("max_tokens_per_turn", 1),
                       ("max_total_length", 1), ("bins", 1)):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < low:
+      value = values[name]
+      if (not isinstance(value, int) or isinstance(value, bool)
+          or value < low):
         p.append(f"judge_train.{name}={value!r} must be an int >= {low}")
-    if self.microbatch and self.batch % self.microbatch:
-      p.append(f"judge_train.microbatch={self.microbatch} must divide "
-               f"judge_train.batch={self.batch}")
-    if not (np.isfinite(self.lr) and self.lr > 0):
-      p.append(f"judge_train.lr={self.lr!r} must be a finite number > 0")
+        ints_ok = False
+    if ints_ok and values["microbatch"] and (
+        values["batch"] % values["microbatch"]):
+      p.append(f"judge_train.microbatch={values['microbatch']} must divide "
+               f"judge_train.batch={values['batch']}")
+    lr = values["lr"]
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+            and np.isfinite(lr) and lr > 0):
+      p.append(f"judge_train.lr={lr!r} must be a finite number > 0")
     return p
 
 
@@ -131,10 +143,7 @@ def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     judge_lib.JudgeConfig.from_config(config)
   except ValueError as e:
     p.append(str(e))
-  try:
-    p += JudgeTrainConfig.from_config(config).problems()
-  except (ValueError, TypeError, KeyError) as e:
-    p.append(f"judge_train: {e}")
+  p += JudgeTrainConfig.section_problems(config.get("judge_train", {}))
   return p
 
 
@@ -326,7 +335,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if problems:
     raise validate.ConfigError("the config cannot run:\n  "
                                + "\n  ".join(problems))
-  cfg = JudgeTrainConfig.from_config(config)
+  cfg = JudgeTrainConfig.from_config(config.judge_train)
   jc = judge_lib.JudgeConfig.from_config(config)
   workdir = os.path.abspath(config.workdir)
   run_lib.check_workdir(workdir)
