@@ -134,47 +134,35 @@ def _report(workdir):
   return {k: report[k] for k in ("before", "after", "eval_tasks")}
 
 
-@pytest.fixture(scope="module")
-def mosaic_runs(assets, cache_dir, tmp_path_factory):
-  """The MOSAIC job as 1 process (uninterrupted) and as 2 processes, one of
-  them killed after step KILL_STEP's update and both relaunched: (1-process
-  workdir, 2-process workdir, the killed launch's status, the newest
-  checkpoint it left, the relaunch's log)."""
-  root = tmp_path_factory.mktemp("multihost_mosaic")
-  one, two = str(root / "one"), str(root / "two")
+def test_two_processes_equal_one_in_mosaic_across_a_kill(
+    assets, cache_dir, tmp_path):
+  # One test, not a fixture shared by two: under `pytest -n 2` two tests
+  # of a module may land on different workers, which would run the three
+  # launches twice.
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
   _one_process(_mosaic_args(*assets, one), cache_dir)
   args = _mosaic_args(*assets, two)
-  # Process 1 dies; the launcher stops process 0, which waits on it.
+  # Process 1 dies after step KILL_STEP's update; the launcher stops
+  # process 0, which waits on it in a collective.
   killed = _two_processes(
-      args, cache_dir, root / "killed.log",
+      args, cache_dir, tmp_path / "killed.log",
       flags=[f"--process_env=1:{faults.FAULT_ENV}=kill@update:{KILL_STEP}"])
-  latest = loop._latest(two)
-  reported = os.path.exists(os.path.join(two, loop.run_lib.REPORT_FILE))
-  status = _two_processes(args, cache_dir, root / "resumed.log")
-  assert status == 0, _tail(root / "resumed.log")
-  with open(root / "resumed.log", encoding="utf-8") as f:
-    resumed_log = f.read()
-  return one, two, (killed, latest, reported), resumed_log
+  assert killed == 128 + signal.SIGKILL, _tail(tmp_path / "killed.log")
+  assert loop._latest(two) == KILL_STEP - 1
+  assert not os.path.exists(os.path.join(two, loop.run_lib.REPORT_FILE))
+  # Both relaunched: they restore step 4 (process 0 says so) and finish.
+  status = _two_processes(args, cache_dir, tmp_path / "resumed.log")
+  assert status == 0, _tail(tmp_path / "resumed.log")
+  with open(tmp_path / "resumed.log", encoding="utf-8") as f:
+    assert f"(resumed at step {KILL_STEP - 1})" in f.read()
 
-
-def test_killed_process_resumes_from_the_last_checkpoint(mosaic_runs):
-  _, _, (killed, latest, reported), resumed_log = mosaic_runs
-  assert killed == 128 + signal.SIGKILL
-  assert latest == KILL_STEP - 1 and not reported
-  # Both processes restored step 4 (process 0 says so).
-  assert f"(resumed at step {KILL_STEP - 1})" in resumed_log
-
-
-def test_two_processes_equal_one_in_mosaic(mosaic_runs):
   # The killed and relaunched 2-process run against the uninterrupted
-  # 1-process run: equal across processes and across the kill.
-  one, two, _, _ = mosaic_runs
-  # SFT, RL and the periodic evaluation: every step's metrics.
-  steps = {step for step, _ in loop._metrics(two)}
-  assert steps == set(range(1, loop.TOTAL + 1))
+  # 1-process run: equal across processes and across the kill. SFT, RL,
+  # the judge and the periodic evaluation: every step's metrics.
+  logged = loop._metrics(two)
+  assert {step for step, _ in logged} == set(range(1, loop.TOTAL + 1))
   assert {"rl/loss", "rl/reward", "rl/batch/validity", "rl/judge/forwards",
-          "eval/harmful_compliance"} <= {
-              name for _, name in loop._metrics(two)}
+          "eval/harmful_compliance"} <= {name for _, name in logged}
   _assert_close_metrics(two, one)
   _assert_same_params(two, one)
   # The reports: before/after on every split, over the same tasks.
