@@ -400,6 +400,8 @@ def _decode(graphdef, state, logits, cache, key, active, stops, config, group_si
     active = jnp.repeat(active, group_size, axis=0)
   b, n = logits.shape[0], config.max_new_tokens
   rows = jnp.arange(b)
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # raw uint32 key data
   keys = row_keys(key, rows) if key.ndim == 0 else key
   # Sliced here, once per call: inside the loop the per-layer weights and
   # kv-head-major windows are buffers that every step reads in place.
