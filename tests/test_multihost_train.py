@@ -51,8 +51,9 @@ def _mosaic_args(model_dir, data_dir, workdir):
 
 
 def _fate_args(model_dir, data_dir, workdir):
+  # No sampled evaluation (the MOSAIC test has it): the round is the point.
   return (loop._fate_command(model_dir, data_dir, workdir)[1:]
-          + ["--config.fate.rounds=1"])
+          + ["--config.fate.rounds=1", "--config.eval.claim_samples=0"])
 
 
 # XLA's CPU backend without LLVM optimisation: the runs are dominated by
