@@ -4,10 +4,10 @@ Fetch the model first (`python -m experiments.fetch smollm2-135m-instruct`,
 docs/fetching.md); then
 `python -m experiments.train --config=configs/smollm2_mosaic.py`.
 
-Sized for a 2-core CPU, where it runs in about 1.5 h. Measured there
-(2026-12-04, LoRA rank 16, batch 8, prompts ~460 tokens): an SFT step takes
-~62 s, an RL step of 16 episodes ~350 s (rollout ~60 s, the rest reference
-log-probs and the update), greedy evaluation ~4 s a task. Hence the cuts
+Sized for a 2-core CPU, where it ran in 2 h 27 min (2026-12-04, LoRA rank
+16, batch 8, prompts ~460 tokens; docs/training.md, "SmolLM2-135M-Instruct
+under the protocol"): an SFT step takes ~65 s, an RL step of 16 episodes
+550-690 s, a greedy evaluation task ~19 s. Hence the cuts
 from the issue's recipe (60 SFT + 24 RL steps, 2 seeds), each said here:
 - the tokenizer is the fetched `tokenizer_compact/`: tools listed as
   one-line signatures (`smollm2_compact`), which halves every prompt
