@@ -37,6 +37,7 @@ from experiments import load_memory
 from experiments import perf
 from experiments import rollout_bench
 from experiments import rss_bench
+from experiments import smollm2_bench
 from mosaic_jax import models
 from mosaic_jax import pareto
 from mosaic_jax import sampling
@@ -224,7 +225,11 @@ def bench_sampler() -> dict[str, object]:
   `*_bound_share` is the decode floor (weights + used K/V window, read once a
   step) times steps/s over it. Multi-turn: one episode of 8 turns in one
   cache (64-token prompt; each later turn appends a 30-token observation), 32
-  tokens per turn; turn k's time is its prefill + decode.
+  tokens per turn; turn k's time is its prefill + decode, and
+  `turn8_over_turn1_floor` is the ratio of the two turns' decode floors
+  (turn 8 attends to a 530-slot window, turn 1 to 128). Batch 32 is timed
+  for our sampler alone, beside its byte floor (weights + window at the
+  measured copy bandwidth) and FLOP floor (at the 4096² matmul's rate).
   """
   from experiments import decode_hlo  # pylint: disable=g-import-not-at-top
   # generate takes minutes per run on 2 shared cores: a few rounds only.
@@ -279,12 +284,34 @@ def bench_sampler() -> dict[str, object]:
       tokens_mask = np.ones_like(observation)
     return times
 
+  # Batch 32, ours only (generate would take minutes a round): the byte
+  # floor's share, and the FLOP floor (2 FLOPs per parameter per row, plus
+  # attention over the window) at the fp32 matmul rate measured here.
+  big = 32
+  big_ids, big_mask = np.tile(ids, (big // batch, 1)), np.tile(mask, (big // batch, 1))
+
+  def ours_big():
+    cache = sampling.init_cache(model, big, width + new)
+    return sampling.sample(model, big_ids, big_mask, cache, jax.random.key(0),
+                           sampling.SamplingConfig(max_new_tokens=new)).tokens
+  big_s = median_seconds(ours_big, rounds)
+  matmul, matmul_flops = perf.matmul_runner()
+  peak = matmul_flops / median_seconds(matmul, 3)
+  cfg, window = model.cfg, sampling.attention_window(width + new, width + new)
+  big_flops = big * (2 * cfg.num_params()
+                     + 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * window)
+  big_floor = decode_hlo.floor_bytes(cfg, big, window)
+
   episode("unrolled")  # compiles both prefill shapes and the decode loop
   per_turn = np.median([episode("unrolled") for _ in range(rounds)], axis=0)
   bound = round(statistics.median([bound_before, memory_bound_gbps()]), 2)
   floor = decode_hlo.floor_bytes(model.cfg, batch,
                                  sampling.attention_window(width + new, width + new))
   share = lambda side: round(floor * new / timed[f"{side}_wall_s"] / 1e9 / bound, 3)
+  # What turn 8 must read more than turn 1 (its longer K/V window), per step.
+  turn_floor = lambda index: decode_hlo.floor_bytes(
+      model.cfg, batch, sampling.attention_window(index + turn_new, capacity))
+  last_index = width + (turns - 1) * (turn_new + obs_len)
   return {
       "model": f"qwen3 {models.count_params(model) / 1e6:.1f}M fp32",
       "batch": batch, "new_tokens": new, "rounds": rounds,
@@ -296,9 +323,17 @@ def bench_sampler() -> dict[str, object]:
       "ours_bound_share": share("ours"), "scan_bound_share": share("scan"),
       "greedy_tokens_equal_hf": round(same_hf, 3),
       "greedy_tokens_equal_scan": round(same_scan, 3),
+      "b32_ours_tokens_per_s": round(big * new / big_s, 1),
+      "b32_bound_share": round(big_floor * new / big_s / 1e9 / bound, 3),
+      "b32_byte_floor_ms": round(big_floor / bound / 1e6, 2),
+      "b32_flop_floor_ms": round(big_flops / peak * 1e3, 2),
+      "b32_step_ms": round(big_s / new * 1e3, 2),
+      "matmul_fp32_gflops": round(peak / 1e9, 1),
       "turn1_ms": round(per_turn[0] * 1e3, 1),
       "turn8_ms": round(per_turn[-1] * 1e3, 1),
       "turn8_over_turn1": round(per_turn[-1] / per_turn[0], 2),
+      "turn8_over_turn1_floor": round(turn_floor(last_index)
+                                      / turn_floor(width), 2),
       "torch_threads": torch.get_num_threads(),
       "loads": [(r["load_before"], r["load_after"]) for r in timed["rounds"]],
       "timings": {k: v for k, v in timed.items() if k != "rounds"},
@@ -315,6 +350,9 @@ BENCHMARKS: dict[str, Callable[[], dict[str, object]]] = {
     "compile": perf.bench_compile,
     "memory": perf.bench_memory,
     "rss": rss_bench.bench_rss,
+    # Same-weights decode and train step on the fetched SmolLM2 checkpoint.
+    "smollm2": lambda: smollm2_bench.bench_smollm2(
+        sys.modules[__name__], max(1, min(_REPEATS.value, 3))),
 }
 
 

@@ -77,7 +77,7 @@ def _load() -> str:
 # ------------------------------------------------------------------ peak --
 
 
-def _matmul_runner(n: int = 4096, dtype: str = "float32"):
+def matmul_runner(n: int = 4096, dtype: str = "float32"):
   """One jitted [n, n] @ [n, n] in `dtype` (blocking) and its FLOPs."""
   import jax
   import jax.numpy as jnp
@@ -90,7 +90,7 @@ def peak_child(n: int = 4096, repeats: int = 5) -> None:
   """Prints `{dtype: GFLOP/s}` of a jitted [n, n] @ [n, n] matmul."""
   out = {}
   for name in ("float32", "bfloat16"):
-    run, flops = _matmul_runner(n, name)
+    run, flops = matmul_runner(n, name)
     out[name] = round(flops / _median_seconds(run, repeats) / 1e9, 1)
   print(json.dumps(out))
 
@@ -136,13 +136,14 @@ def pg_inputs(cfg: ModelConfig, batch: int, seq: int):
 
 
 def jax_step(cfg: ModelConfig, batch: int, seq: int, *, donate: bool = True,
-             chunk_size: int = 128, microbatch: int = 0):
-  """(step, state, batch) for the PG step of `cfg`."""
+             chunk_size: int = 128, microbatch: int = 0, model=None):
+  """(step, state, batch) for the PG step of `cfg` (random weights, or
+  `model`'s)."""
   from mosaic_jax.models import init_model
   from mosaic_jax.train import state as state_lib
   from mosaic_jax.train import steps
-  state = state_lib.create_train_state(
-      init_model(cfg, seed=0), state_lib.OptimizerConfig(lr=1e-5))
+  model = init_model(cfg, seed=0) if model is None else model
+  state = state_lib.create_train_state(model, state_lib.OptimizerConfig(lr=1e-5))
   step = steps.make_pg_step(steps.PGConfig(
       chunk_size=chunk_size, donate=donate, microbatch=microbatch))
   return step, state, pg_inputs(cfg, batch, seq)
@@ -173,12 +174,14 @@ def _jax_runner(cfg: ModelConfig, batch: int, seq: int, **step_kwargs):
   return run, holder, pg_batch
 
 
-def torch_runner(cfg: ModelConfig, batch: int, seq: int, device: str = "cpu"):
+def torch_runner(cfg: ModelConfig, batch: int, seq: int, device: str = "cpu",
+                 model=None):
   """A function that runs the same PG step in eager PyTorch/transformers.
 
   On "cpu" in fp32 (the `train` comparison); on "cuda" with fp32 weights
   under bf16 autocast and fused AdamW, like the JAX step's fp32 master
-  weights and bf16 compute (`experiments.gpu_bench`).
+  weights and bf16 compute (`experiments.gpu_bench`). `model`: a loaded
+  transformers model to train (default: a random Qwen3 of `cfg`).
   """
   import numpy as np
   import torch
@@ -186,10 +189,12 @@ def torch_runner(cfg: ModelConfig, batch: int, seq: int, device: str = "cpu"):
   cuda = device == "cuda"
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   torch.manual_seed(0)
-  hf_cfg = transformers.Qwen3Config(**{**cfg.to_hf(), "torch_dtype": "float32"})
-  with torch.device(device):
-    model = transformers.Qwen3ForCausalLM._from_config(
-        hf_cfg, attn_implementation="sdpa")
+  if model is None:
+    hf_cfg = transformers.Qwen3Config(**{**cfg.to_hf(),
+                                         "torch_dtype": "float32"})
+    with torch.device(device):
+      model = transformers.Qwen3ForCausalLM._from_config(
+          hf_cfg, attn_implementation="sdpa")
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95),
                           eps=1e-8, weight_decay=0.0, fused=cuda)
@@ -228,7 +233,7 @@ def train_child(repeats: int = 3) -> None:
   """
   runners = {"jax": _jax_runner(TRAIN_MODEL, BATCH, SEQ)[0],
              "torch": torch_runner(TRAIN_MODEL, BATCH, SEQ)}
-  runners["matmul"], matmul_flops = _matmul_runner()
+  runners["matmul"], matmul_flops = matmul_runner()
   for run in runners.values():  # compiles, allocates, warms caches
     run()
   rounds = [{name: _timed(run) for name, run in runners.items()}
