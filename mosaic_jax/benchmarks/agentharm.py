@@ -84,15 +84,9 @@ def load_behaviors(path: str | os.PathLike, harmful: bool | None = None
   path = os.fspath(path)
   is_harmful, split = _kind_and_split(path, harmful)
   records = jsonfiles.record_list(path, jsonfiles.read_json(path), "behaviors")
-  behaviors, seen = [], {}
-  for index, record in enumerate(records):
-    valid = jsonfiles.validate(path, index, record, BehaviorRecord, "id")
-    label = jsonfiles.record_label(index, record, "id")
-    key = str(valid.id)
-    if key in seen:
-      raise DatasetError(f"{path}: {label}: duplicate id, first used by "
-                         f"record {seen[key]}")
-    seen[key] = index
+  behaviors = []
+  for _, _, valid, key in jsonfiles.unique_records(
+      path, records, BehaviorRecord, "id"):
     behaviors.append(Behavior(
         id=key, id_original=str(valid.id_original), name=valid.name,
         category=valid.category, prompt=valid.prompt,

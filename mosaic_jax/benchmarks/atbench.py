@@ -29,7 +29,6 @@ from typing import Annotated, Any, Mapping
 import pydantic
 
 from mosaic_jax.benchmarks import jsonfiles
-from mosaic_jax.benchmarks.jsonfiles import DatasetError
 
 FIELDS = ("risk_source", "failure_mode", "real_world_harm")
 
@@ -104,15 +103,9 @@ def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
   data = jsonfiles.read_json(path)
   records = jsonfiles.record_list(
       path, data, "data" if isinstance(data, Mapping) else None)
-  out, seen = [], {}
-  for index, record in enumerate(records):
-    valid = jsonfiles.validate(path, index, record, TrajectoryRecord, "id")
-    label = jsonfiles.record_label(index, record, "id")
-    key = str(valid.id if valid.id is not None else f"record-{index}")
-    if key in seen:
-      raise DatasetError(f"{path}: {label}: duplicate id, first used by "
-                         f"record {seen[key]}")
-    seen[key] = index
+  out = []
+  for _, _, valid, key in jsonfiles.unique_records(
+      path, records, TrajectoryRecord, "id"):
     taxonomy = {f: tuple(getattr(valid, f)) for f in FIELDS
                 if getattr(valid, f)}
     out.append(Trajectory(key, tuple(valid.contents), _LABELS[valid.label],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Annotated, Any, Mapping, Sequence, TypeVar
+from typing import Annotated, Any, Iterator, Mapping, Sequence, TypeVar
 
 import pydantic
 import pydantic_core
@@ -245,3 +245,30 @@ def validate(path: str, index: int, record: Any, model: type[ModelT],
   except pydantic.ValidationError as e:
     raise DatasetError(f"{path}: {record_label(index, record, id_key)}: "
                        f"{describe(e.errors()[0])}") from None
+
+
+def unique_records(path: str, records: Sequence[Any], model: type[ModelT],
+                   id_key: str) -> Iterator[tuple[int, Any, ModelT, str]]:
+  """Each record of a file validated, with its unique key.
+
+  The key is the record's `id_key` field as a string, or `record-<index>`
+  when the schema lets that field be absent (None).
+
+  Yields:
+    (index, record as parsed, record as `model`, key), in file order.
+
+  Raises:
+    DatasetError: a malformed record (`validate`), or `{path}: record 3
+      (id '1-2'): duplicate id, first used by record 1`.
+  """
+  seen: dict[str, int] = {}
+  for index, record in enumerate(records):
+    valid = validate(path, index, record, model, id_key)
+    value = getattr(valid, id_key)
+    key = str(value if value is not None else f"record-{index}")
+    if key in seen:
+      raise DatasetError(f"{path}: {record_label(index, record, id_key)}: "
+                         f"duplicate {id_key}, first used by record "
+                         f"{seen[key]}")
+    seen[key] = index
+    yield index, record, valid, key

@@ -26,7 +26,6 @@ from typing import Any, Mapping
 import pydantic
 
 from mosaic_jax.benchmarks import jsonfiles
-from mosaic_jax.benchmarks.jsonfiles import DatasetError
 
 
 class TrajectoryRecord(jsonfiles.Strict):
@@ -73,15 +72,9 @@ def load_items(path: str | os.PathLike) -> list[Item]:
   """
   path = os.fspath(path)
   records = jsonfiles.record_list(path, jsonfiles.read_json(path))
-  items, seen = [], {}
-  for index, record in enumerate(records):
-    valid = jsonfiles.validate(path, index, record, ItemRecord, "name")
-    label = jsonfiles.record_label(index, record, "name")
-    key = str(valid.name)
-    if key in seen:
-      raise DatasetError(f"{path}: {label}: duplicate name, first used by "
-                         f"record {seen[key]}")
-    seen[key] = index
+  items = []
+  for _, record, valid, key in jsonfiles.unique_records(
+      path, records, ItemRecord, "name"):
     # As written in the file (every trajectory field, absent ones absent).
     items.append(Item(key, dict(valid.seed), dict(valid.vignette),
                       dict(record["trajectory"]), path))

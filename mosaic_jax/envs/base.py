@@ -373,3 +373,21 @@ class Suite:
   ood: Mapping[str, tuple[str, Callable[..., dict[str, Any]]]]
   ood_injection_bases: tuple[str, ...]
   ood_attacker: str
+
+
+def add_hidden_harm(spec: dict[str, Any], prompt: str, answer: str,
+                    violations: list[dict[str, Any]],
+                    bad_calls: list[dict[str, Any]]) -> dict[str, Any]:
+  """A benign template's `spec` made hidden-harmful, in place.
+
+  `prompt` is appended to the benign request and `answer` replaces the
+  answer; the refusal is due after the benign solution (`refusal_step`).
+  The injection `slot` is dropped: a harmful task is no injection base.
+  """
+  spec["prompt"] += prompt
+  spec["answer"] = answer
+  spec["violations"] = violations
+  spec["bad_calls"] = bad_calls
+  spec["refusal_step"] = len(spec["solution"])
+  spec.pop("slot", None)
+  return spec
