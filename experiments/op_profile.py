@@ -2,6 +2,7 @@
 
   python -m experiments.op_profile train      # the `bench train` PG step
   python -m experiments.op_profile decode     # the `bench sampler` decode call
+  python -m experiments.op_profile smollm2    # the `bench smollm2` PG step
 
 `profile(jitted, *args)` runs the call once untraced (compile, warm-up), then
 `runs` times inside `jax.profiler.trace(..., create_perfetto_trace=True)`,
@@ -135,6 +136,18 @@ def _train():
   return step, (state, batch)
 
 
+def _smollm2():
+  """`bench smollm2`'s PG step: SmolLM2-135M-Instruct, 4 x 512, fp32."""
+  from experiments import perf  # pylint: disable=g-import-not-at-top
+  from experiments import smollm2_bench  # pylint: disable=g-import-not-at-top
+  from mosaic_jax.models import convert  # pylint: disable=g-import-not-at-top
+  model = convert.load_model(smollm2_bench.DEFAULT_DIR,
+                             dtype=jax.numpy.float32)
+  step, state, batch = perf.jax_step(model.cfg, 4, 512, donate=False,
+                                     model=model)
+  return step, (state, batch)
+
+
 def _decode():
   """`bench sampler`'s decode call (batch 8, 128 new tokens, greedy)."""
   from mosaic_jax import sampling  # pylint: disable=g-import-not-at-top
@@ -168,7 +181,8 @@ def _decode():
 
 def main(argv: list[str]) -> None:
   what = argv[1] if len(argv) > 1 else "train"
-  jitted, args = {"train": _train, "decode": _decode}[what]()
+  jitted, args = {"train": _train, "decode": _decode,
+                   "smollm2": _smollm2}[what]()
   out = profile(jitted, *args)
   print(json.dumps(out))
   if "--hlo" in argv:  # the HLO line of each instruction listed
