@@ -2,6 +2,7 @@ import os, sys, time, statistics, json
 import jax, jax.numpy as jnp, numpy as np
 from mosaic_jax import sampling
 from mosaic_jax.models import init_model, ModelConfig, RopeConfig, decoder
+# python decode_ab.py BATCH dot|reduce; XLA flags from the environment (XLA_FLAGS).
 batch = int(sys.argv[1]); mode = sys.argv[2]; new = 128
 cfg = ModelConfig(family="qwen3", vocab_size=16384, hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64, rope=RopeConfig(theta=5e6), qk_norm=True, tie_embeddings=True, norm_eps=1e-6, max_position_embeddings=4096)
 orig = decoder._window_attention
@@ -29,4 +30,4 @@ def run():
 t = run(); ts=[]
 for _ in range(3):
   s=time.perf_counter(); c=time.process_time(); run(); ts.append((time.perf_counter()-s, time.process_time()-c))
-print(json.dumps({"mode": mode, "batch": batch, "wall": round(statistics.median(x for x,_ in ts),3), "cpu": round(statistics.median(y for _,y in ts),3), "tok": int(np.asarray(t).astype(np.int64).sum())}))
+print(json.dumps({"mode": mode, "flags": os.environ.get("XLA_FLAGS", ""), "batch": batch, "wall": round(statistics.median(x for x,_ in ts),3), "cpu": round(statistics.median(y for _,y in ts),3), "tok": int(np.asarray(t).astype(np.int64).sum())}))
