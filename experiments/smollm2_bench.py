@@ -27,11 +27,11 @@ import numpy as np
 DEFAULT_DIR = os.path.expanduser("~/.cache/mosaic_jax/smollm2-135m-instruct")
 
 
-def _decode(bench, hf, model, rounds: int) -> dict[str, object]:
+def _decode(bench, hf, model, rounds: int, batch: int, new: int
+            ) -> dict[str, object]:
   import torch  # pylint: disable=g-import-not-at-top
   from experiments import decode_hlo  # pylint: disable=g-import-not-at-top
   from mosaic_jax import sampling  # pylint: disable=g-import-not-at-top
-  batch, new = 32, 64
   rng = np.random.default_rng(0)
   lengths = rng.integers(40, 65, batch)
   width = int(lengths.max())
@@ -76,10 +76,10 @@ def _decode(bench, hf, model, rounds: int) -> dict[str, object]:
   }
 
 
-def _train(bench, directory: str, hf, rounds: int) -> dict[str, object]:
+def _train(bench, directory: str, hf, rounds: int, batch: int, seq: int
+           ) -> dict[str, object]:
   from experiments import perf  # pylint: disable=g-import-not-at-top
   from mosaic_jax.models import convert, lora  # pylint: disable=g-import-not-at-top
-  batch, seq = 4, 512
   full = convert.load_model(directory, dtype=jnp.float32)
   cfg = full.cfg
   adapted = lora.apply(convert.load_model(directory, dtype=jnp.float32),
@@ -123,9 +123,19 @@ def _train(bench, directory: str, hf, rounds: int) -> dict[str, object]:
   }
 
 
-def bench_smollm2(bench, rounds: int, directory: str = DEFAULT_DIR
+def bench_smollm2(bench, rounds: int, directory: str = DEFAULT_DIR,
+                  decode_shape: tuple[int, int] = (32, 64),
+                  train_shape: tuple[int, int] = (4, 512)
                   ) -> dict[str, object]:
-  """Decode and train-step figures, ours vs transformers, same weights."""
+  """Decode and train-step figures, ours vs transformers, same weights.
+
+  Args:
+    bench: the `experiments.bench` module (its protocol helpers).
+    rounds: alternated rounds per comparison.
+    directory: an HF safetensors directory.
+    decode_shape: (batch, new tokens); prompts are 40-64 tokens.
+    train_shape: (batch, sequence) of the PG step.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from mosaic_jax.models import convert  # pylint: disable=g-import-not-at-top
@@ -143,7 +153,7 @@ def bench_smollm2(bench, rounds: int, directory: str = DEFAULT_DIR
   model = convert.load_model(directory, dtype=jnp.float32)
   figures = {"model": f"SmolLM2-135M-Instruct {model.cfg.num_params() / 1e6:.1f}M fp32",
              "rounds": rounds}
-  figures.update(_decode(bench, hf, model, rounds))
-  figures.update(_train(bench, directory, hf, rounds))
+  figures.update(_decode(bench, hf, model, rounds, *decode_shape))
+  figures.update(_train(bench, directory, hf, rounds, *train_shape))
   figures["torch_threads"] = torch.get_num_threads()
   return figures
