@@ -198,16 +198,11 @@ def bench_pareto() -> dict[str, object]:
 
 
 # A ~34M-parameter Qwen3-architecture model (tied embeddings, q/k norm, GQA).
-_SAMPLER_MODEL = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536,
-                      num_hidden_layers=8, num_attention_heads=8,
-                      num_key_value_heads=4, head_dim=64, rope_theta=5e6,
-                      tie_word_embeddings=True, max_position_embeddings=4096)
-
-
 def _sampler_models(directory: str):
   """The same random weights as a transformers model and as our decoder."""
   torch.manual_seed(0)
-  hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**_SAMPLER_MODEL))
+  hf = transformers.Qwen3ForCausalLM(
+      transformers.Qwen3Config(**perf.SAMPLER_MODEL.to_hf()))
   hf.save_pretrained(directory)
   # sdpa: transformers' fastest CPU attention, so the baseline is its best.
   hf = transformers.Qwen3ForCausalLM.from_pretrained(
@@ -240,7 +235,7 @@ def bench_sampler() -> dict[str, object]:
   rng = np.random.default_rng(0)
   lengths = rng.integers(40, 65, batch)
   width = int(lengths.max())
-  ids = rng.integers(1, _SAMPLER_MODEL["vocab_size"], (batch, width)).astype(np.int32)
+  ids = rng.integers(1, perf.SAMPLER_MODEL.vocab_size, (batch, width)).astype(np.int32)
   mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
   ids *= mask
 
@@ -269,7 +264,7 @@ def bench_sampler() -> dict[str, object]:
 
   turns, turn_new, obs_len = 8, 32, 30
   capacity = width + turns * turn_new + (turns - 1) * obs_len
-  observation = rng.integers(1, _SAMPLER_MODEL["vocab_size"], (batch, obs_len))
+  observation = rng.integers(1, perf.SAMPLER_MODEL.vocab_size, (batch, obs_len))
 
   def episode(layers) -> list[float]:
     turn_config = sampling.SamplingConfig(max_new_tokens=turn_new, layers=layers)

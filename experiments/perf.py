@@ -43,6 +43,14 @@ TRAIN_MODEL = ModelConfig(
     norm_eps=1e-6, max_position_embeddings=4096)
 BATCH, SEQ = 4, 512
 
+# `bench sampler`'s model (and `op_profile decode`'s): Qwen3-shaped, 33.6M
+# params, a vocabulary large enough that the unembedding is a real read.
+SAMPLER_MODEL = ModelConfig(
+    family="qwen3", vocab_size=16384, hidden_size=512, intermediate_size=1536,
+    num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
+    rope=RopeConfig(theta=5e6), qk_norm=True, tie_embeddings=True,
+    norm_eps=1e-6, max_position_embeddings=4096)
+
 
 def flops_per_token(cfg: ModelConfig, seq: int) -> float:
   """Training FLOPs per token: 6N plus attention 12·L·H·hd·T (REFERENCE.md)."""
