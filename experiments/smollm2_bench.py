@@ -76,11 +76,11 @@ def _decode(bench, hf, model, rounds: int, batch: int, new: int
   }
 
 
-def _train(bench, directory: str, hf, rounds: int, batch: int, seq: int
+def _train(bench, directory: str, hf, full, rounds: int, batch: int, seq: int
            ) -> dict[str, object]:
+  """`full`: our loaded model (trained in place; decode is done with it)."""
   from experiments import perf  # pylint: disable=g-import-not-at-top
   from mosaic_jax.models import convert, lora  # pylint: disable=g-import-not-at-top
-  full = convert.load_model(directory, dtype=jnp.float32)
   cfg = full.cfg
   adapted = lora.apply(convert.load_model(directory, dtype=jnp.float32),
                        lora.LoRAConfig(rank=16, alpha=32.0))
@@ -154,6 +154,6 @@ def bench_smollm2(bench, rounds: int, directory: str = DEFAULT_DIR,
   figures = {"model": f"SmolLM2-135M-Instruct {model.cfg.num_params() / 1e6:.1f}M fp32",
              "rounds": rounds}
   figures.update(_decode(bench, hf, model, rounds, *decode_shape))
-  figures.update(_train(bench, directory, hf, rounds, *train_shape))
+  figures.update(_train(bench, directory, hf, model, rounds, *train_shape))
   figures["torch_threads"] = torch.get_num_threads()
   return figures
