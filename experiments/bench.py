@@ -210,6 +210,17 @@ def _sampler_models(directory: str):
   return hf, models.load_model(directory)
 
 
+def left_padded_prompts(rng: np.random.Generator, vocab: int, batch: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """[batch, T] int32 random prompts of 40-64 tokens, left-padded with 0, and
+  their mask (T the longest); the decode benchmarks' inputs."""
+  lengths = rng.integers(40, 65, batch)
+  width = int(lengths.max())
+  ids = rng.integers(1, vocab, (batch, width)).astype(np.int32)
+  mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
+  return ids * mask, mask
+
+
 def bench_sampler() -> dict[str, object]:
   """Greedy decode: this sampler (unrolled layers), its layer-scan path and
   transformers generate, alternated in one process; multi-turn cost.
@@ -233,11 +244,8 @@ def bench_sampler() -> dict[str, object]:
   with tempfile.TemporaryDirectory() as directory:
     hf, model = _sampler_models(directory)
   rng = np.random.default_rng(0)
-  lengths = rng.integers(40, 65, batch)
-  width = int(lengths.max())
-  ids = rng.integers(1, perf.SAMPLER_MODEL.vocab_size, (batch, width)).astype(np.int32)
-  mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
-  ids *= mask
+  ids, mask = left_padded_prompts(rng, perf.SAMPLER_MODEL.vocab_size, batch)
+  width = ids.shape[1]
 
   def ours(layers):
     config = sampling.SamplingConfig(max_new_tokens=new, layers=layers)

@@ -32,12 +32,9 @@ def _decode(bench, hf, model, rounds: int, batch: int, new: int
   import torch  # pylint: disable=g-import-not-at-top
   from experiments import decode_hlo  # pylint: disable=g-import-not-at-top
   from mosaic_jax import sampling  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  lengths = rng.integers(40, 65, batch)
-  width = int(lengths.max())
-  ids = rng.integers(1, model.cfg.vocab_size, (batch, width)).astype(np.int32)
-  mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
-  ids *= mask
+  ids, mask = bench.left_padded_prompts(np.random.default_rng(0),
+                                        model.cfg.vocab_size, batch)
+  width = ids.shape[1]
   config = sampling.SamplingConfig(max_new_tokens=new)
 
   def ours():
